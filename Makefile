@@ -1,0 +1,69 @@
+# Single entry point: `make install`, `make test`, `make demo`.
+# Set SKIP_DETECTRON2=1 if Detectron2 is already importable by $(PYTHON) (e.g. built from source
+# in your own environment, together with VENV=/path/to/your/venv).
+
+PYTHON_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SKIP_DETECTRON2 ?= 0
+D2_VERSION := 0.7.2
+D2_WHEEL := sal_detectron2-$(D2_VERSION)-cp310-none-any.whl
+D2_SHA256 := 491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
+WHEELHOUSE := $(VENV)/wheelhouse
+STAMPS := $(VENV)/.stamps
+DEMO_OUT ?= output/demo
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint clean-venv
+
+install: $(STAMPS)/project
+
+$(PY):
+	$(PYTHON_SYS) -m venv $(VENV)
+
+$(STAMPS)/torch: | $(PY)
+	$(PIP) install --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/requirements: requirements.txt $(STAMPS)/torch
+	$(PIP) install --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+# Detectron2 has no canonical wheel: take the pinned PyPI build, verify its sha256, and unpack
+# it with PyPA's installer (its cp310 tag blocks a plain `pip install` on Python 3.11).
+$(STAMPS)/detectron2: $(STAMPS)/requirements
+ifeq ($(SKIP_DETECTRON2),1)
+	$(PY) -c "import detectron2" || (echo "SKIP_DETECTRON2=1 but detectron2 is not importable by $(PY)" && exit 1)
+else
+	@mkdir -p $(WHEELHOUSE)
+	@if ! echo "$(D2_SHA256)  $(WHEELHOUSE)/$(D2_WHEEL)" | sha256sum -c --status 2>/dev/null; then \
+		rm -f $(WHEELHOUSE)/$(D2_WHEEL); \
+		$(PIP) download --disable-pip-version-check --no-deps --only-binary=:all: \
+			--python-version 3.10 sal-detectron2==$(D2_VERSION) -d $(WHEELHOUSE); \
+	fi
+	echo "$(D2_SHA256)  $(WHEELHOUSE)/$(D2_WHEEL)" | sha256sum -c
+	@if $(PY) -c "import importlib.metadata as m; assert m.version('sal-detectron2') == '$(D2_VERSION)'" 2>/dev/null; then \
+		echo "sal-detectron2 $(D2_VERSION) already installed"; \
+	else \
+		$(PY) -m installer $(WHEELHOUSE)/$(D2_WHEEL); \
+	fi
+endif
+	@touch $@
+
+$(STAMPS)/project: setup.py $(STAMPS)/detectron2
+	$(PIP) install --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c "import panoptic_ext"
+	@touch $@
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+demo: install
+	$(PY) tools/run_demo.py --output-dir $(DEMO_OUT)
+
+clean-venv:
+	rm -rf $(VENV)
