@@ -1,0 +1,20 @@
+"""Every config key panoptic_ext adds, with its default. No other key is read by the package."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_panoptic_config(cfg: CN) -> CN:
+    """Add panoptic_ext's keys to a Detectron2 config (in place); returns it for chaining.
+
+    Keys Detectron2 already defines (MODEL.SEM_SEG_HEAD.*, MODEL.PANOPTIC_FPN.*) keep their
+    meaning, so model-zoo YAMLs stay valid.
+    """
+    cfg.MODEL.PANOPTIC_EXT = CN()
+    # Registry name of the panoptic merge strategy (see panoptic_ext/modeling/combine.py).
+    cfg.MODEL.PANOPTIC_EXT.COMBINE_NAME = "HeuristicCombine"
+    # Per-loss multipliers applied on top of the heads' own weights (1.0 = unchanged).
+    cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS = CN()
+    for name in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
+                 "loss_sem_seg"):
+        cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS[name] = 1.0
+    return cfg

@@ -1,0 +1,30 @@
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    # Tools are scripts; tests run them as subprocesses with the same interpreter.
+    os.environ.setdefault("PANOPTIC_EXT_PYTHON", sys.executable)
+
+
+@pytest.fixture
+def coco_cfg():
+    """Our COCO 3x config on CPU (model built with random weights; nothing downloaded)."""
+    from detectron2.config import get_cfg
+
+    from panoptic_ext import add_panoptic_config
+
+    cfg = get_cfg()
+    add_panoptic_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
