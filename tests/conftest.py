@@ -6,6 +6,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+COCO_3X = os.path.join(CONFIGS, "COCO-PanopticSegmentation", "panoptic_fpn_R_50_3x.yaml")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -24,7 +25,7 @@ def coco_cfg():
 
     cfg = get_cfg()
     add_panoptic_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"))
+    cfg.merge_from_file(COCO_3X)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     return cfg

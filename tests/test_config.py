@@ -7,7 +7,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from panoptic_ext import add_panoptic_config
 
-from .conftest import CONFIGS
+from .conftest import COCO_3X, CONFIGS
 
 OURS_ONLY = {"MODEL.META_ARCHITECTURE", "MODEL.SEM_SEG_HEAD.NAME"}
 
@@ -34,7 +34,7 @@ def test_every_config_merges(path):
 
 def test_3x_matches_detectron2_model_zoo():
     ours = add_panoptic_config(get_cfg())
-    ours.merge_from_file(os.path.join(CONFIGS, "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"))
+    ours.merge_from_file(COCO_3X)
     ref = get_cfg()
     ref.merge_from_file(model_zoo.get_config_file("COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"))
     a, b = _flatten(ours), _flatten(ref)
@@ -44,8 +44,11 @@ def test_3x_matches_detectron2_model_zoo():
     assert diff == {}
     assert a["MODEL.META_ARCHITECTURE"] == "PanopticFPNExt"
     assert a["MODEL.SEM_SEG_HEAD.NAME"] == "SemanticFPNHead"
-    # Every key we add lives under MODEL.PANOPTIC_EXT (or TEST/SOLVER keys documented there).
-    assert all(k.startswith(("MODEL.PANOPTIC_EXT.",)) for k in set(a) - set(b))
+    # The keys we add: our own node, and precision switches next to the ones they extend.
+    assert all(
+        k.startswith("MODEL.PANOPTIC_EXT.") or k in ("SOLVER.AMP.DTYPE", "TEST.PRECISION")
+        for k in set(a) - set(b)
+    )
 
 
 def test_unknown_key_is_named():

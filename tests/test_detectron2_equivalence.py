@@ -43,6 +43,7 @@ def _tame_random_weights(model):
 @pytest.fixture(scope="module")
 def models():
     from panoptic_ext import add_panoptic_config
+
     from .conftest import CONFIGS
 
     torch.manual_seed(0)
@@ -93,7 +94,7 @@ def test_same_outputs_as_detectron2(models):
         ref = d2(inputs)
         got = ours(inputs)
     total_instances = 0
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         assert torch.equal(r["sem_seg"], g["sem_seg"])
         ri, gi = r["instances"], g["instances"]
         total_instances += len(ri)

@@ -4,7 +4,7 @@
 pick another strategy via MODEL.PANOPTIC_EXT.COMBINE_NAME.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import torch
 from detectron2.config import configurable
@@ -19,10 +19,10 @@ Panoptic merge strategies. A registered class is built as `cls(cfg)` (use @confi
 called as `strategy(instances, sem_labels) -> (panoptic_seg int32 HxW, segments_info)`.
 """
 
-SegmentsInfo = List[Dict[str, Any]]
+SegmentsInfo = list[dict[str, Any]]
 
 
-def _mask_boxes(masks: torch.Tensor) -> List[Tuple[int, int, int, int]]:
+def _mask_boxes(masks: torch.Tensor) -> list[tuple[int, int, int, int]]:
     """Tight (y0, y1, x0, x1) boxes of boolean masks, so each merge step touches only a crop."""
     if masks.shape[0] == 0:
         return []
@@ -35,7 +35,7 @@ def _mask_boxes(masks: torch.Tensor) -> List[Tuple[int, int, int, int]]:
     y1 = torch.where(rows, ar_h + 1, 0).amax(dim=1)
     x0 = torch.where(cols, ar_w, w).amin(dim=1)
     x1 = torch.where(cols, ar_w + 1, 0).amax(dim=1)
-    return list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
+    return list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=False))
 
 
 def combine_panoptic(
@@ -47,7 +47,7 @@ def combine_panoptic(
     overlap_thresh: float = 0.5,
     stuff_area_thresh: float = 4096,
     score_thresh: float = 0.5,
-) -> Tuple[torch.Tensor, SegmentsInfo]:
+) -> tuple[torch.Tensor, SegmentsInfo]:
     """The Panoptic FPN heuristic merge.
 
     Instances are taken by decreasing score and stop below `score_thresh`; an instance whose
@@ -156,7 +156,7 @@ class HeuristicCombine:
 
     def __call__(
         self, instances: Instances, sem_labels: torch.Tensor
-    ) -> Tuple[torch.Tensor, SegmentsInfo]:
+    ) -> tuple[torch.Tensor, SegmentsInfo]:
         if instances.has("pred_masks"):
             masks = instances.pred_masks
         else:

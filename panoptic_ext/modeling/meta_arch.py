@@ -5,7 +5,7 @@ Submodule names follow Detectron2's `PanopticFPN`, so its checkpoints (including
 """
 
 import logging
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 from detectron2.config import configurable
@@ -32,7 +32,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         sem_seg_head: nn.Module,
         combine: Callable,
         instance_loss_weight: float = 1.0,
-        loss_weights: Optional[Dict[str, float]] = None,
+        loss_weights: dict[str, float] | None = None,
         **kwargs,
     ):
         """
@@ -58,7 +58,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["loss_weights"] = dict(cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS)
         return ret
 
-    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
         """Training: dict of weighted losses. Inference: see `inference`."""
         if not self.training:
             return self.inference(batched_inputs)
@@ -91,7 +91,7 @@ class PanopticFPNExt(GeneralizedRCNN):
                 losses[name] = losses[name] * w
         return losses
 
-    def inference(self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True):
+    def inference(self, batched_inputs: list[dict[str, torch.Tensor]], do_postprocess: bool = True):
         """Per image: {"instances", "sem_seg" (C x H x W logits), "panoptic_seg"} at the
         requested "height"/"width" (default: the input size).
 
@@ -108,7 +108,7 @@ class PanopticFPNExt(GeneralizedRCNN):
 
         results = []
         for sem, det, inp, image_size in zip(
-            sem_logits, detections, batched_inputs, images.image_sizes
+            sem_logits, detections, batched_inputs, images.image_sizes, strict=False
         ):
             height = inp.get("height", image_size[0])
             width = inp.get("width", image_size[1])

@@ -1,7 +1,6 @@
 """The Panoptic FPN semantic branch, laid out so Detectron2 `SemSegFPNHead` weights load as is."""
 
 import math
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +40,13 @@ class SemanticFPNHead(nn.Module):
     @configurable
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
+        input_shape: dict[str, ShapeSpec],
         *,
         num_classes: int,
         conv_dims: int = 128,
         common_stride: int = 4,
         loss_weight: float = 1.0,
-        norm: Union[str, None] = "GN",
+        norm: str | None = "GN",
         ignore_value: int = 255,
     ):
         super().__init__()
@@ -57,7 +56,7 @@ class SemanticFPNHead(nn.Module):
                              "(MODEL.SEM_SEG_HEAD.IN_FEATURES is empty or unmatched)")
         if num_classes < 1:
             raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES must be >= 1, got {num_classes}")
-        self.in_features: List[str] = [name for name, _ in levels]
+        self.in_features: list[str] = [name for name, _ in levels]
         self.ignore_value = ignore_value
         self.common_stride = common_stride
         self.loss_weight = loss_weight
@@ -70,7 +69,7 @@ class SemanticFPNHead(nn.Module):
                     f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE={common_stride}"
                 )
             num_up = int(round(math.log2(spec.stride / common_stride)))
-            stages: List[nn.Module] = []
+            stages: list[nn.Module] = []
             for i in range(max(1, num_up)):
                 conv = Conv2d(
                     spec.channels if i == 0 else conv_dims,
@@ -90,7 +89,7 @@ class SemanticFPNHead(nn.Module):
         weight_init.c2_msra_fill(self.predictor)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
         missing = [f for f in head.IN_FEATURES if f not in input_shape]
         if missing:
@@ -108,7 +107,7 @@ class SemanticFPNHead(nn.Module):
             "ignore_value": head.IGNORE_VALUE,
         }
 
-    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def layers(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits at 1/common_stride of the input (before the final upsampling)."""
         total = None
         for name in self.in_features:
@@ -117,9 +116,9 @@ class SemanticFPNHead(nn.Module):
         return self.predictor(total)
 
     def forward(
-        self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None
-    ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        """Training: (None, {"loss_sem_seg"}). Inference: (N x C x H x W logits at input scale, {})."""
+        self, features: dict[str, torch.Tensor], targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Training: (None, {"loss_sem_seg"}). Inference: (NxCxHxW logits at input scale, {})."""
         logits = self.layers(features)
         if self.training:
             return None, self.losses(logits, targets)
@@ -130,7 +129,7 @@ class SemanticFPNHead(nn.Module):
             logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
 
-    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         # Upsample in fp32: bilinear interpolation in half precision loses too much.
         logits = self.upsample(logits.float())
         loss = semantic_loss(logits, targets, self.ignore_value)
