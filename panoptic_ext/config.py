@@ -17,4 +17,6 @@ def add_panoptic_config(cfg: CN) -> CN:
     for name in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
                  "loss_sem_seg"):
         cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS[name] = 1.0
+    # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (CPU or CUDA) or "float16" (CUDA).
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"
     return cfg

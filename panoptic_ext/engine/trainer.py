@@ -4,7 +4,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -20,6 +20,7 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from ..config import add_panoptic_config
+from .train_loop import AutocastTrainer, parse_dtype
 
 __all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "setup_cfg"]
 
@@ -67,12 +68,12 @@ class MetricsJSONWriter(DatasetEvaluator):
 
 
 def build_panoptic_evaluators(
-    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
-) -> List[DatasetEvaluator]:
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+) -> list[DatasetEvaluator]:
     """PQ, box/mask AP and mIoU for a panoptic dataset; what applies for others."""
     meta = MetadataCatalog.get(dataset_name)
     evaluator_type = getattr(meta, "evaluator_type", None)
-    evaluators: List[DatasetEvaluator] = []
+    evaluators: list[DatasetEvaluator] = []
     if evaluator_type in ("coco_panoptic_seg", "sem_seg") and hasattr(meta, "sem_seg_root"):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if evaluator_type in ("coco", "coco_panoptic_seg") and hasattr(meta, "json_file"):
@@ -86,15 +87,30 @@ def build_panoptic_evaluators(
     return evaluators
 
 
-def _panoptic_evaluator(dataset_name: str, output_folder: Optional[str]) -> DatasetEvaluator:
+def _panoptic_evaluator(dataset_name: str, output_folder: str | None) -> DatasetEvaluator:
     return COCOPanopticEvaluator(dataset_name, output_folder)
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with panoptic evaluators and a metrics.json per evaluated dataset."""
+    """DefaultTrainer with panoptic evaluators, a metrics.json per evaluated dataset, and
+    SOLVER.AMP on CPU (bf16 autocast) as well as on CUDA."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:
+            dtype = parse_dtype(cfg.SOLVER.AMP.DTYPE, "SOLVER.AMP.DTYPE")
+            device_type = torch.device(cfg.MODEL.DEVICE).type
+            if device_type == "cpu" and dtype != torch.bfloat16:
+                raise ValueError("SOLVER.AMP.DTYPE must be bfloat16 on CPU (float16 needs CUDA)")
+            old = self._trainer
+            if device_type == "cpu":
+                self._trainer = AutocastTrainer(old.model, old.data_loader, old.optimizer,
+                                                device_type="cpu", dtype=dtype)
+            else:
+                old.precision = dtype
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluators = build_panoptic_evaluators(cfg, dataset_name, output_folder)
@@ -117,7 +133,7 @@ def setup_cfg(args) -> CfgNode:
     return cfg
 
 
-def evaluation_summary(results: Dict[str, Any]) -> "OrderedDict[str, float]":
+def evaluation_summary(results: dict[str, Any]) -> "OrderedDict[str, float]":
     """PQ/SQ/RQ (all, things, stuff) from a results dict, for one-line reports."""
     pan = results.get("panoptic_seg", {})
     keys = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
