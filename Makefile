@@ -62,8 +62,19 @@ test: install
 lint: install
 	$(PY) -m ruff check .
 
+DEMO_CONFIG ?= configs/Synthetic/panoptic_fpn_R_50.yaml
+DATA_ROOT := $${DETECTRON2_DATASETS:-datasets}
+
+# The main job: generate data, train from scratch on CPU (resumes if interrupted), evaluate,
+# and draw the validation images.
 demo: install
-	$(PY) tools/run_demo.py --output-dir $(DEMO_OUT)
+	$(PY) datasets/prepare_synthetic.py
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_OUT)
+	$(PY) tools/demo.py --config-file $(DEMO_CONFIG) --input $(DATA_ROOT)/synthetic_panoptic/val \
+		--output $(DEMO_OUT)/pictures --opts MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+	@echo "Model: $(DEMO_OUT)/model_final.pth"
+	@echo "Metrics: $(DEMO_OUT)/inference/synthetic_panoptic_val_separated/metrics.json"
+	@echo "Pictures: $(DEMO_OUT)/pictures/"
 
 clean-venv:
 	rm -rf $(VENV)

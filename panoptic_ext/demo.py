@@ -1,0 +1,209 @@
+"""Run a trained model on image files and write pictures, COCO panoptic PNGs and a JSON.
+
+The logic behind tools/demo.py, kept importable so it can be tested and reused.
+"""
+
+import glob
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+from tqdm import tqdm
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "collect_inputs",
+    "panoptic_to_coco",
+    "PanopticDemo",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def collect_inputs(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand files, folders (their images, sorted) and glob patterns.
+
+    Returns (files, problems): a pattern that matches nothing is a problem, not silence.
+    """
+    files: list[str] = []
+    problems: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                exts = ", ".join(IMAGE_EXTENSIONS)
+                problems.append(f"{pattern}: folder has no image files ({exts})")
+            files.extend(found)
+        elif os.path.exists(pattern):
+            files.append(pattern)
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not found:
+                problems.append(f"{pattern}: no such file, and no file matches it as a pattern")
+            files.extend(found)
+    seen = set()
+    unique = []
+    for f in files:
+        key = os.path.abspath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, problems
+
+
+def _inverse(mapping: dict[int, int] | None) -> dict[int, int]:
+    return {v: k for k, v in (mapping or {}).items()}
+
+
+def panoptic_to_coco(
+    panoptic: np.ndarray, segments_info: list[dict[str, Any]], metadata
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """COCO panoptic RGB PNG array and segments_info (dataset category ids, area, bbox).
+
+    Areas and boxes are measured on the final map, so they agree with the PNG exactly.
+    Segments that ended with no pixel are left out (they are not in the PNG).
+    """
+    thing_map = _inverse(getattr(metadata, "thing_dataset_id_to_contiguous_id", None))
+    stuff_map = _inverse(getattr(metadata, "stuff_dataset_id_to_contiguous_id", None))
+    ids = panoptic.astype(np.int64)
+    out: list[dict[str, Any]] = []
+    for seg in segments_info:
+        mask = ids == seg["id"]
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        ys, xs = np.nonzero(mask)
+        x0, y0 = int(xs.min()), int(ys.min())
+        bbox = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+        contiguous = int(seg["category_id"])
+        table = thing_map if seg["isthing"] else stuff_map
+        entry = {
+            "id": int(seg["id"]),
+            "category_id": int(table.get(contiguous, contiguous)),
+            "isthing": bool(seg["isthing"]),
+            "iscrowd": 0,
+            "area": area,
+            "bbox": bbox,
+        }
+        if seg["isthing"] and "score" in seg:
+            entry["score"] = float(seg["score"])
+        out.append(entry)
+    rgb = np.zeros((*ids.shape, 3), dtype=np.uint8)
+    rgb[..., 0] = ids % 256
+    rgb[..., 1] = (ids // 256) % 256
+    rgb[..., 2] = (ids // 65536) % 256
+    return rgb, out
+
+
+class PanopticDemo:
+    """Predicts one image at a time and renders/serialises the panoptic result."""
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg
+        self.predictor = DefaultPredictor(cfg)
+        name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+        self.metadata = MetadataCatalog.get(name)
+        self.cpu = torch.device("cpu")
+
+    def predict(self, image_bgr: np.ndarray) -> dict[str, Any]:
+        return self.predictor(image_bgr)
+
+    def draw(self, image_bgr: np.ndarray, predictions: dict[str, Any]) -> np.ndarray:
+        """RGB picture of the panoptic result drawn by Detectron2's Visualizer."""
+        panoptic, segments = predictions["panoptic_seg"]
+        vis = Visualizer(image_bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
+        return vis.draw_panoptic_seg(panoptic.to(self.cpu), segments).get_image()
+
+    def run_files(self, files: Sequence[str], output: str) -> list[str]:
+        """Process files into `output`; returns the files that failed (reported on stderr)."""
+        os.makedirs(os.path.join(output, "panoptic"), exist_ok=True)
+        _check_name_clashes(files)
+        failed: list[str] = []
+        annotations = []
+        for path in tqdm(files, desc="demo", unit="img"):
+            try:
+                image = read_image(path, format="BGR")
+            except Exception as e:  # corrupt or unreadable: report, keep going
+                print(f"ERROR: cannot read image {path}: {e}", file=sys.stderr)
+                failed.append(path)
+                continue
+            predictions = self.predict(image)
+            panoptic, segments = predictions["panoptic_seg"]
+            rgb, seg_json = panoptic_to_coco(panoptic.to(self.cpu).numpy(), segments, self.metadata)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            Image.fromarray(rgb).save(os.path.join(output, "panoptic", stem + ".png"))
+            picture = self.draw(image, predictions)
+            Image.fromarray(picture).save(os.path.join(output, _picture_name(path)))
+            annotations.append(
+                {
+                    "image_id": stem,
+                    "file_name": stem + ".png",
+                    "image_file": os.path.abspath(path),
+                    "height": int(rgb.shape[0]),
+                    "width": int(rgb.shape[1]),
+                    "segments_info": seg_json,
+                }
+            )
+        _write_json(os.path.join(output, "predictions.json"), {
+            "annotations": annotations,
+            "categories": _categories(self.metadata),
+        })
+        return failed
+
+
+def _picture_name(path: str) -> str:
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    # Keep the input's file name; formats PIL cannot write lossless-ly become PNG.
+    return base if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else stem + ".png"
+
+
+def _check_name_clashes(files: Sequence[str]) -> None:
+    owners: dict[str, str] = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in owners:
+            raise ValueError(
+                f"Inputs {owners[stem]} and {f} would write the same outputs ({stem}.*); "
+                "rename one or run them into different --output folders"
+            )
+        owners[stem] = f
+
+
+def _categories(metadata) -> list[dict[str, Any]]:
+    cats = []
+    thing_ids = getattr(metadata, "thing_dataset_id_to_contiguous_id", {}) or {}
+    for dataset_id, contiguous in sorted(thing_ids.items(), key=lambda kv: kv[1]):
+        cats.append({"id": int(dataset_id), "name": metadata.thing_classes[contiguous],
+                     "isthing": 1})
+    stuff_ids = getattr(metadata, "stuff_dataset_id_to_contiguous_id", {}) or {}
+    for dataset_id, contiguous in sorted(stuff_ids.items(), key=lambda kv: kv[1]):
+        if dataset_id in thing_ids or (contiguous == 0 and dataset_id == 0):
+            continue
+        cats.append({"id": int(dataset_id), "name": metadata.stuff_classes[contiguous],
+                     "isthing": 0})
+    return cats
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
