@@ -62,9 +62,9 @@ def test_train_writes_checkpoints_and_metrics(trained):
 def test_resume_continues_from_last_checkpoint(trained, env, tmp_path):
     out = tmp_path / "resume"
     out.mkdir()
-    for f in ("model_0000.pth", "last_checkpoint"):
+    for f in ("model_0000000.pth", "last_checkpoint"):
         (out / f).write_bytes((trained / f).read_bytes())
-    (out / "last_checkpoint").write_text("model_0000.pth")
+    (out / "last_checkpoint").write_text("model_0000000.pth")
     proc = _run(["tools/train_net.py", "--config-file", CONFIG, "--resume", *FAST,
                  "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
                  "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out)], env)

@@ -77,7 +77,10 @@ def build_panoptic_evaluators(
     if evaluator_type in ("coco_panoptic_seg", "sem_seg") and hasattr(meta, "sem_seg_root"):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if evaluator_type in ("coco", "coco_panoptic_seg") and hasattr(meta, "json_file"):
-        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        # Name the tasks: inferred from predictions, "segm" would vanish when a model predicts
+        # nothing yet.
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
     if evaluator_type == "coco_panoptic_seg":
         evaluators.append(_panoptic_evaluator(dataset_name, output_folder))
     if not evaluators:
