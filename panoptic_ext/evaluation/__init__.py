@@ -1,0 +1,43 @@
+"""Fast, exact panoptic quality evaluation (drop-in for panopticapi and Detectron2).
+
+``pq_compute`` replaces ``panopticapi.evaluation.pq_compute`` (same results, same errors);
+``image_pq_stats`` + ``PQStats`` + ``summarize_pq`` give the same numbers from in-memory id
+maps; ``PanopticEvaluator`` replaces Detectron2's ``COCOPanopticEvaluator``.
+"""
+
+from .panoptic_evaluator import PanopticEvaluator, pq_results_to_metrics
+from .pq import (
+    OFFSET,
+    VOID,
+    PanopticFormatError,
+    PQStats,
+    compute_stats_from_files,
+    evaluate_files,
+    format_class_table,
+    format_pq_table,
+    format_summary_table,
+    image_pq_stats,
+    pq_compute,
+    read_panoptic_png,
+    rgb_to_id,
+    summarize_pq,
+)
+
+__all__ = [
+    "OFFSET",
+    "VOID",
+    "PanopticEvaluator",
+    "PanopticFormatError",
+    "PQStats",
+    "compute_stats_from_files",
+    "evaluate_files",
+    "format_class_table",
+    "format_pq_table",
+    "format_summary_table",
+    "image_pq_stats",
+    "pq_compute",
+    "pq_results_to_metrics",
+    "read_panoptic_png",
+    "rgb_to_id",
+    "summarize_pq",
+]

@@ -1,0 +1,302 @@
+"""In-memory, distributed replacement for Detectron2's ``COCOPanopticEvaluator``.
+
+Detectron2 encodes every prediction as a PNG, gathers all PNG bytes on rank 0, writes them
+to a temporary folder and runs panopticapi on it. Here each rank compares each prediction
+with its ground truth PNG as soon as it arrives and keeps only per-category tp/fp/fn/iou
+sums, so memory does not grow with the number of images and ``evaluate`` gathers a few
+kilobytes. The numbers are those of the original evaluator (same conversions, same
+panopticapi rules); PNGs + ``predictions.json`` are written only when asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from .pq import (
+    OFFSET,
+    PanopticFormatError,
+    PQStats,
+    _image_pq_stats,
+    format_class_table,
+    format_summary_table,
+    read_panoptic_png,
+    summarize_pq,
+)
+
+__all__ = ["PanopticEvaluator", "pq_results_to_metrics"]
+
+logger = logging.getLogger(__name__)
+
+_UNIQUE_BINCOUNT_RANGE = 1 << 22  # label range up to which bincount replaces np.unique
+
+
+def _stem_png(file_name: str) -> str:
+    return os.path.splitext(os.path.basename(file_name))[0] + ".png"
+
+
+def _present_labels(ids: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int map; bincount when the range is small (fast)."""
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi - lo < _UNIQUE_BINCOUNT_RANGE:
+        counts = np.bincount((ids.ravel().astype(np.int64) - lo), minlength=hi - lo + 1)
+        return np.flatnonzero(counts) + lo
+    return np.unique(ids).astype(np.int64)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def pq_results_to_metrics(pq_res: Mapping[str, Any], categories: Mapping[Any, Any]) -> dict:
+    """panopticapi-style results to Detectron2's flat ``panoptic_seg`` metrics (in %)."""
+    res: dict = {}
+    for key, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+        for metric in ("pq", "sq", "rq"):
+            res[metric.upper() + key] = 100 * pq_res[group][metric]
+    for cat, r in pq_res["per_class"].items():
+        name = str(categories.get(cat, {}).get("name", cat))
+        for metric in ("pq", "sq", "rq"):
+            res[f"{metric.upper()}/{name}"] = 100 * r[metric]
+    return res
+
+
+class PanopticEvaluator(DatasetEvaluator):
+    """PQ of a dataset registered with COCO panoptic metadata, computed per image in memory.
+
+    Drop-in for ``detectron2.evaluation.COCOPanopticEvaluator``: same inputs, same result
+    keys, same numbers; plus per-class ``PQ/<name>``, ``SQ/<name>``, ``RQ/<name>``. With
+    ``save_panoptic=True`` it also writes ``output_dir/predictions/*.png`` and
+    ``output_dir/predictions.json`` (COCO panoptic format, e.g. for the test server).
+    On several machines ``output_dir`` must be shared, since each rank writes its PNGs.
+    Must be called from all ranks (``evaluate`` gathers).
+    """
+
+    def __init__(
+        self, dataset_name: str, output_dir: str | None = None, save_panoptic: bool = False
+    ) -> None:
+        self._dataset_name = dataset_name
+        self._metadata = MetadataCatalog.get(dataset_name)
+        for key in ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_id",
+                    "stuff_dataset_id_to_contiguous_id"):
+            if not hasattr(self._metadata, key):
+                raise KeyError(f"Metadata of dataset '{dataset_name}' has no '{key}'; register "
+                               "it with detectron2's register_coco_panoptic(_separated).")
+        self._thing_dataset_ids = set(self._metadata.thing_dataset_id_to_contiguous_id.values())
+        self._thing_contiguous_to_dataset = {
+            v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()
+        }
+        self._stuff_contiguous_to_dataset = {
+            v: k for k, v in self._metadata.stuff_dataset_id_to_contiguous_id.items()
+        }
+        self._output_dir = output_dir
+        self._save = bool(save_panoptic)
+        if self._save and not output_dir:
+            raise ValueError("save_panoptic=True needs an output_dir")
+        if self._save:
+            PathManager.mkdirs(os.path.join(output_dir, "predictions"))
+        self._gt: dict | None = None
+        self.last_results: dict | None = None
+        self.last_stats: PQStats | None = None
+        self.reset()
+
+    # ---------------------------------------------------------------- ground truth
+    def _load_gt(self) -> dict:
+        if self._gt is None:
+            json_path = PathManager.get_local_path(self._metadata.panoptic_json)
+            with open(json_path) as f:
+                gt_json = json.load(f)
+            anns = gt_json["annotations"]
+            self._gt = {
+                "root": PathManager.get_local_path(self._metadata.panoptic_root),
+                "json": json_path,
+                "categories": {c["id"]: c for c in gt_json["categories"]},
+                "by_id": {a["image_id"]: a for a in anns},
+                "by_stem": {os.path.splitext(a["file_name"])[0]: a for a in anns},
+                "image_ids": [a["image_id"] for a in anns],
+                "header": {k: v for k, v in gt_json.items() if k != "annotations"},
+            }
+        return self._gt
+
+    def _gt_annotation(self, inp: Mapping[str, Any]) -> Mapping[str, Any]:
+        gt = self._load_gt()
+        image_id = inp.get("image_id")
+        ann = gt["by_id"].get(image_id)
+        if ann is None and "file_name" in inp:
+            ann = gt["by_stem"].get(os.path.splitext(os.path.basename(inp["file_name"]))[0])
+        if ann is None:
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} ({inp.get('file_name')}): no ground truth "
+                f"annotation with this image_id or file name in {gt['json']}."
+            )
+        return ann
+
+    # ---------------------------------------------------------------- predictions
+    def _convert_category_id(self, seg: Mapping[str, Any], image_id: Any) -> dict:
+        seg = dict(seg)  # never modify the model's output
+        isthing = seg.pop("isthing", None)
+        if isthing is None:  # the model already produces dataset category ids
+            return seg
+        table = (self._thing_contiguous_to_dataset if isthing
+                 else self._stuff_contiguous_to_dataset)
+        try:
+            seg["category_id"] = table[seg["category_id"]]
+        except KeyError:
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} segment with ID {seg.get('id')} has "
+                f"{'thing' if isthing else 'stuff'} category_id {seg.get('category_id')} "
+                f"unknown to the metadata of '{self._dataset_name}'."
+            ) from None
+        return seg
+
+    def _prediction(
+        self, panoptic_img: Any, segments_info: Sequence[Mapping[str, Any]] | None, image_id: Any
+    ) -> tuple[np.ndarray, list[dict]]:
+        """Prediction id map and segments with dataset category ids, as D2 would write them."""
+        if hasattr(panoptic_img, "cpu"):
+            panoptic_img = panoptic_img.cpu().numpy()
+        pred = np.asarray(panoptic_img)
+        if pred.ndim != 2 or not np.issubdtype(pred.dtype, np.integer):
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} panoptic_seg must be an (H, W) integer map, "
+                f"got {pred.dtype} with shape {pred.shape}."
+            )
+        if segments_info is None:
+            # category * label_divisor + instance, -1 = void; shifted by one so void is 0
+            label_divisor = getattr(self._metadata, "label_divisor", None)
+            if label_divisor is None:
+                raise KeyError(f"Metadata of '{self._dataset_name}' has no label_divisor, "
+                               "needed when segments_info is None.")
+            segments_info = []
+            for label in _present_labels(pred).tolist():
+                if label == -1:
+                    continue
+                pred_class = label // label_divisor
+                segments_info.append({"id": label + 1, "category_id": pred_class,
+                                      "isthing": pred_class in self._thing_dataset_ids})
+            pred = pred.astype(np.int64) + 1
+        segments = [self._convert_category_id(s, image_id) for s in segments_info]
+        if pred.size and (int(pred.min()) < 0 or int(pred.max()) >= OFFSET):
+            pred = np.mod(pred.astype(np.int64), OFFSET)  # what writing RGB (id2rgb) does
+        return pred, segments
+
+    # ---------------------------------------------------------------- evaluator API
+    def reset(self) -> None:
+        self._stats = PQStats()
+        self._image_ids: set = set()
+        self._predictions: list[dict] = []
+        self.timing = {"images": 0, "seconds": 0.0, "gt_read_seconds": 0.0,
+                       "stats_seconds": 0.0, "save_seconds": 0.0}
+
+    @property
+    def per_image_seconds(self) -> float:
+        """Mean evaluator overhead per image (conversion, GT read, stats, saving)."""
+        return self.timing["seconds"] / max(1, self.timing["images"])
+
+    def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]) -> None:
+        gt = self._load_gt()
+        for inp, out in zip(inputs, outputs, strict=True):
+            start = time.perf_counter()
+            panoptic_img, segments_info = out["panoptic_seg"]
+            gt_ann = self._gt_annotation(inp)
+            image_id = gt_ann["image_id"]
+            if image_id in self._image_ids:
+                logger.warning(f"Image {image_id} was processed twice; keeping the first result.")
+                continue
+            pred, segments = self._prediction(panoptic_img, segments_info, image_id)
+            t_gt = time.perf_counter()
+            gt_ids = read_panoptic_png(os.path.join(gt["root"], gt_ann["file_name"]), image_id)
+            t_stats = time.perf_counter()
+            stats = _image_pq_stats(gt_ids, gt_ann["segments_info"], pred, segments,
+                                    gt["categories"], image_id)
+            t_save = time.perf_counter()
+            self._stats.merge(stats)
+            self._image_ids.add(image_id)
+            if self._save:
+                self._save_prediction(inp, image_id, pred, segments)
+            end = time.perf_counter()
+            self.timing["images"] += 1
+            self.timing["seconds"] += end - start
+            self.timing["gt_read_seconds"] += t_stats - t_gt
+            self.timing["stats_seconds"] += t_save - t_stats
+            self.timing["save_seconds"] += end - t_save
+
+    def _save_prediction(
+        self, inp: Mapping[str, Any], image_id: Any, pred: np.ndarray, segments: list[dict]
+    ) -> None:
+        file_name = _stem_png(inp.get("file_name", f"{image_id}.png"))
+        ids = pred.astype(np.uint32)
+        bgr = np.stack([(ids >> 16) & 255, (ids >> 8) & 255, ids & 255], axis=-1)
+        path = os.path.join(self._output_dir, "predictions", file_name)
+        ok, buf = cv2.imencode(".png", bgr.astype(np.uint8))
+        if not ok:
+            raise OSError(f"could not encode the prediction of image {image_id}")
+        with PathManager.open(path, "wb") as f:
+            f.write(buf.tobytes())
+        self._predictions.append({"image_id": image_id, "file_name": file_name,
+                                  "segments_info": _json_safe(copy.deepcopy(segments))})
+
+    def evaluate(self) -> OrderedDict | None:
+        comm.synchronize()
+        payload = {"stats": self._stats, "image_ids": sorted(self._image_ids, key=str),
+                   "predictions": self._predictions}
+        gathered = comm.gather(payload, dst=0)
+        if not comm.is_main_process():
+            return None
+        gt = self._load_gt()
+        stats = PQStats()
+        seen: set = set()
+        overlap = 0
+        for part in gathered:
+            stats.merge(part["stats"])
+            ids = set(part["image_ids"])
+            overlap += len(seen & ids)
+            seen |= ids
+        if overlap:
+            logger.warning(f"{overlap} images were evaluated on more than one rank and are "
+                           "counted more than once.")
+        missing = len(set(gt["image_ids"]) - seen)
+        if missing:
+            logger.warning(f"{missing} of {len(gt['image_ids'])} ground truth images of "
+                           f"'{self._dataset_name}' got no prediction; PQ covers the "
+                           f"{len(seen)} evaluated images (panopticapi would refuse).")
+        pq_res = summarize_pq(stats, gt["categories"])
+        self.last_results, self.last_stats = pq_res, stats
+        if self._save:
+            self._write_predictions_json(gt, [p for part in gathered for p in part["predictions"]])
+        logger.info("Panoptic Evaluation Results:\n" + format_summary_table(pq_res))
+        logger.info("Per-category panoptic results:\n"
+                    + format_class_table(pq_res, gt["categories"], stats))
+        return OrderedDict({"panoptic_seg": pq_results_to_metrics(pq_res, gt["categories"])})
+
+    def _write_predictions_json(self, gt: dict, predictions: list[dict]) -> None:
+        data = dict(gt["header"])
+        data["annotations"] = predictions
+        path = os.path.join(self._output_dir, "predictions.json")
+        with PathManager.open(path, "w") as f:
+            json.dump(data, f)
+        logger.info(f"Wrote {len(predictions)} panoptic predictions to {path} and "
+                    f"{os.path.join(self._output_dir, 'predictions')}/")

@@ -1,0 +1,730 @@
+"""Exact and fast panoptic quality (PQ), numerically equal to ``panopticapi.evaluation``.
+
+The per-image core turns both id maps into small bucket indices through a lookup table and
+counts every (ground truth, prediction) pixel pair with one ``np.bincount``; the matching
+then works on the resulting small contingency table. Everything else (which segments match,
+which predictions are ignored, how categories are averaged) deliberately follows the
+reference implementation rule for rule, including its quirks, so results agree to 1e-9:
+
+* a GT segment's area is its JSON ``area``, not its pixel count;
+* every same-category (GT, prediction) pair with IoU > 0.5 is a TP (IoU's union leaves out
+  the prediction's void pixels); with inconsistent JSON areas one GT can match twice;
+* the crowd region of a category is the *last* crowd segment of it in ``segments_info``,
+  not the union of them;
+* id 0 is void only when no segment claims it; GT ids missing from the JSON are neither
+  void nor segments; duplicate ids in ``segments_info``: the last entry wins.
+
+One deliberate difference: a group (Things or Stuff) without any category seen gets
+PQ = SQ = RQ = 0 with ``n == 0`` where panopticapi raises ZeroDivisionError.
+
+This module depends only on numpy, OpenCV, Pillow and tabulate (no torch, no Detectron2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+
+__all__ = [
+    "OFFSET",
+    "VOID",
+    "PanopticFormatError",
+    "PQStats",
+    "compute_stats_from_files",
+    "evaluate_files",
+    "image_pq_stats",
+    "read_panoptic_png",
+    "rgb_to_id",
+    "summarize_pq",
+    "pq_compute",
+    "format_pq_table",
+    "format_summary_table",
+    "format_class_table",
+]
+
+OFFSET = 256 * 256 * 256  # ids are 24 bit: R + 256 * G + 256**2 * B
+VOID = 0
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_U16_LIMIT = 1 << 16
+_DENSE_LIMIT = 1 << 22  # largest contingency table counted densely with bincount
+
+CategoriesLike = Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]]
+
+
+class PanopticFormatError(KeyError, ValueError):
+    """Malformed panoptic input; a KeyError like panopticapi's, and a ValueError by nature."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------------------
+# Accumulated statistics
+# --------------------------------------------------------------------------------------
+
+
+class PQStats:
+    """Per-category tp/fp/fn/iou sums: small, picklable and mergeable across images and ranks."""
+
+    __slots__ = ("per_cat",)
+
+    def __init__(self, per_cat: Mapping[Any, Sequence[float]] | None = None) -> None:
+        # category id -> [tp, fp, fn, iou_sum]
+        self.per_cat: dict = {}
+        if per_cat:
+            for cat, (tp, fp, fn, iou) in per_cat.items():
+                self.per_cat[cat] = [int(tp), int(fp), int(fn), float(iou)]
+
+    def _entry(self, cat: Any) -> list:
+        entry = self.per_cat.get(cat)
+        if entry is None:
+            entry = self.per_cat[cat] = [0, 0, 0, 0.0]
+        return entry
+
+    def add(self, cat: Any, tp: int = 0, fp: int = 0, fn: int = 0, iou: float = 0.0) -> None:
+        """Add counts for one category (used by the per-image core and by tests)."""
+        entry = self._entry(cat)
+        entry[0] += tp
+        entry[1] += fp
+        entry[2] += fn
+        entry[3] += iou
+
+    def merge(self, other: PQStats) -> PQStats:
+        """Add another image's or rank's statistics in place; returns self for chaining."""
+        for cat, (tp, fp, fn, iou) in other.per_cat.items():
+            entry = self._entry(cat)
+            entry[0] += tp
+            entry[1] += fp
+            entry[2] += fn
+            entry[3] += iou
+        return self
+
+    __iadd__ = merge
+
+    def __add__(self, other: PQStats) -> PQStats:
+        return PQStats().merge(self).merge(other)
+
+    def get(self, cat: Any) -> tuple[int, int, int, float]:
+        """(tp, fp, fn, iou_sum) of a category, zeros when never seen."""
+        entry = self.per_cat.get(cat)
+        return (0, 0, 0, 0.0) if entry is None else tuple(entry)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON or logging: {category: {"tp", "fp", "fn", "iou"}}."""
+        return {
+            cat: {"tp": tp, "fp": fp, "fn": fn, "iou": iou}
+            for cat, (tp, fp, fn, iou) in self.per_cat.items()
+        }
+
+    def __getstate__(self) -> dict:
+        return {"per_cat": self.per_cat}
+
+    def __setstate__(self, state: dict) -> None:
+        self.per_cat = state["per_cat"]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PQStats) and self.per_cat == other.per_cat
+
+    def __repr__(self) -> str:
+        return f"PQStats({self.per_cat!r})"
+
+
+# --------------------------------------------------------------------------------------
+# Reading COCO panoptic PNGs
+# --------------------------------------------------------------------------------------
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic colour image (H, W, >=3 channels, RGB order) to uint32 segment ids."""
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    c = rgb.astype(np.uint32, copy=False)
+    return c[..., 0] + (c[..., 1] << np.uint32(8)) + (c[..., 2] << np.uint32(16))
+
+
+def _png_fast_path(head: bytes) -> bool:
+    """True for 8-bit RGB/RGBA PNGs, which OpenCV decodes exactly like Pillow."""
+    return (
+        len(head) >= 26
+        and head[:8] == _PNG_SIGNATURE
+        and head[12:16] == b"IHDR"
+        and head[24] == 8
+        and head[25] in (2, 6)
+    )
+
+
+def read_panoptic_png(path: str, image_id: Any = None) -> np.ndarray:
+    """Decode a COCO panoptic PNG to an (H, W) uint32 id map, as panopticapi reads it.
+
+    8-bit RGB(A) PNGs go through OpenCV (faster, releases the GIL); anything else is read
+    with Pillow exactly as panopticapi does, so odd files give the same ids.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"In the image with ID {image_id} the PNG {path} does not exist."
+        ) from None
+    if _png_fast_path(data[:32]):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
+            code = cv2.COLOR_BGR2RGBA if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+            rgba = cv2.cvtColor(bgr, code)
+            if sys.byteorder == "little":
+                ids = rgba.view(np.uint32)[..., 0]
+                ids &= np.uint32(0xFFFFFF)  # drop alpha: panopticapi ignores it
+                return ids
+            return rgb_to_id(rgba)
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im, dtype=np.uint32)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} the PNG {path} cannot be read: {e}"
+        ) from e
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} the PNG {path} is not an RGB image "
+            f"(array shape {arr.shape}); COCO panoptic PNGs encode ids as R + 256*G + 256^2*B."
+        )
+    return arr[..., 0] + 256 * arr[..., 1] + 256 * 256 * arr[..., 2]
+
+
+# --------------------------------------------------------------------------------------
+# Per-image core
+# --------------------------------------------------------------------------------------
+
+_tls = threading.local()
+
+
+def _lut(dtype: type) -> np.ndarray:
+    """Per-thread zero-filled table over all 2**24 ids; entries are reset after every use."""
+    name = "lut_" + np.dtype(dtype).name
+    table = getattr(_tls, name, None)
+    if table is None:
+        table = np.zeros(OFFSET, dtype=dtype)  # calloc: only touched pages cost memory
+        setattr(_tls, name, table)
+    return table
+
+
+def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, dtype: type) -> np.ndarray:
+    """Map each pixel id to values[k] where keys[k] == id, and to 0 for any other id."""
+    table = _lut(dtype)
+    table[keys] = values
+    try:
+        return np.take(table, ids)
+    finally:
+        table[keys] = 0
+
+
+def _segment_id(raw: Any, image_id: Any, which: str) -> int:
+    if isinstance(raw, int | np.integer) and not isinstance(raw, bool | np.bool_):
+        return int(raw)
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    raise PanopticFormatError(
+        f"In the image with ID {image_id} a {which} segment has a non-integer id {raw!r}."
+    )
+
+
+def _field(seg: Mapping[str, Any], key: str, image_id: Any, seg_id: Any, which: str) -> Any:
+    try:
+        return seg[key]
+    except (KeyError, TypeError):
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} {which} segment with ID {seg_id} has no '{key}'."
+        ) from None
+
+
+def _segments_by_id(segments: Iterable[Mapping[str, Any]], image_id: Any, which: str) -> dict:
+    """id -> segment, later duplicates overriding earlier ones as a dict literal would."""
+    out: dict = {}
+    for seg in segments:
+        out[_segment_id(_field(seg, "id", image_id, "?", which), image_id, which)] = seg
+    return out
+
+
+def _check_id_map(ids: np.ndarray, image_id: Any, which: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} the {which} id map must be a 2-D integer array, "
+            f"got {ids.dtype} with shape {ids.shape}."
+        )
+    if ids.dtype.itemsize > 2 or np.issubdtype(ids.dtype, np.signedinteger):
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= OFFSET):
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} the {which} id map has ids outside "
+                f"[0, 2^24): min {int(ids.min())}, max {int(ids.max())}."
+            )
+    return ids
+
+
+def _bucket_keys(seg_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lookup keys/bucket numbers: id 0 -> bucket 1, i-th non-zero id -> bucket i + 2.
+
+    Bucket 0 collects every id that is not listed (and not 0). Ids outside the 24-bit range
+    can never occur in a map, so they keep their (always empty) bucket but no table entry.
+    """
+    keys = [0]
+    buckets = [1]
+    for pos, sid in enumerate(seg_ids):
+        if 0 < sid < OFFSET:
+            keys.append(sid)
+            buckets.append(pos + 2)
+    return np.asarray(keys, dtype=np.int64), np.asarray(buckets, dtype=np.int64)
+
+
+def _pair_counts(
+    gt_ids: np.ndarray, gt_keys: np.ndarray, gt_buckets: np.ndarray, n_rows: int,
+    pred_ids: np.ndarray, pred_keys: np.ndarray, pred_buckets: np.ndarray, n_cols: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse contingency table (row, col, pixel count) of gt bucket x pred bucket."""
+    size = n_rows * n_cols
+    if size <= _U16_LIMIT:
+        # pre-multiply the gt bucket so that one add gives the flat pair index
+        flat = _lookup(gt_ids, gt_keys, (gt_buckets * n_cols).astype(np.uint16), np.uint16)
+        np.add(flat, _lookup(pred_ids, pred_keys, pred_buckets.astype(np.uint16), np.uint16),
+               out=flat)
+        table = np.bincount(flat.ravel(), minlength=size)
+        flat_nz = np.flatnonzero(table)
+        counts = table[flat_nz]
+    else:
+        rows = _lookup(gt_ids, gt_keys, gt_buckets.astype(np.int32), np.int32)
+        cols = _lookup(pred_ids, pred_keys, pred_buckets.astype(np.int32), np.int32)
+        flat64 = rows.ravel().astype(np.int64) * n_cols + cols.ravel()
+        if size <= _DENSE_LIMIT:
+            table = np.bincount(flat64, minlength=size)
+            flat_nz = np.flatnonzero(table)
+            counts = table[flat_nz]
+        else:
+            flat_nz, counts = np.unique(flat64, return_counts=True)
+    return flat_nz // n_cols, flat_nz % n_cols, counts.astype(np.int64)
+
+
+def _raise_pred_errors(
+    pred_ids: np.ndarray, pred_segms: dict, categories: Any, image_id: Any
+) -> None:
+    """Raise the first prediction error in panopticapi's order (slow path, errors only)."""
+    labels = np.unique(pred_ids)
+    remaining = set(pred_segms)
+    for label in labels.tolist():
+        if label not in pred_segms:
+            if label == VOID:
+                continue
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} segment with ID {label} is presented in PNG "
+                "and not presented in JSON."
+            )
+        remaining.discard(label)
+        cat = _field(pred_segms[label], "category_id", image_id, label, "predicted")
+        if _unknown_category(cat, categories):
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} segment with ID {label} has unknown "
+                f"category_id {cat}."
+            )
+    if remaining:
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} the following segment IDs {sorted(remaining)} "
+            "are presented in JSON and not presented in PNG."
+        )
+
+
+def _unknown_category(cat: Any, categories: Any) -> bool:
+    try:
+        return cat not in categories
+    except TypeError:  # unhashable category id
+        return True
+
+
+def image_pq_stats(
+    gt_ids: np.ndarray,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_ids: np.ndarray,
+    pred_segments: Sequence[Mapping[str, Any]],
+    categories: Any,
+    image_id: Any = None,
+) -> PQStats:
+    """PQ statistics of one image, from in-memory id maps and segments_info lists.
+
+    ``gt_ids``/``pred_ids`` are (H, W) integer maps of 24-bit segment ids (0 is void unless a
+    segment claims it), ``*_segments`` are COCO ``segments_info`` lists and ``categories``
+    is anything supporting ``in`` over valid category ids (e.g. ``{id: category}``).
+    The result can be merged over images and ranks and turned into PQ by ``summarize_pq``.
+    """
+    gt_ids = _check_id_map(gt_ids, image_id, "ground truth")
+    pred_ids = _check_id_map(pred_ids, image_id, "predicted")
+    return _image_pq_stats(gt_ids, gt_segments, pred_ids, pred_segments, categories, image_id)
+
+
+def _image_pq_stats(
+    gt_ids: np.ndarray,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_ids: np.ndarray,
+    pred_segments: Sequence[Mapping[str, Any]],
+    categories: Any,
+    image_id: Any,
+) -> PQStats:
+    if gt_ids.shape != pred_ids.shape:
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} the predicted segmentation has size "
+            f"{pred_ids.shape[1]}x{pred_ids.shape[0]} (WxH) but the ground truth has size "
+            f"{gt_ids.shape[1]}x{gt_ids.shape[0]}."
+        )
+    gt_segms = _segments_by_id(gt_segments, image_id, "ground truth")
+    pred_segms = _segments_by_id(pred_segments, image_id, "predicted")
+    gt_list = list(gt_segms)
+    pred_list = list(pred_segms)
+
+    n_rows = len(gt_list) + 2  # 0: unlisted ids, 1: id 0 (void), 2..: listed ids
+    n_cols = len(pred_list) + 2
+    gt_keys, gt_buckets = _bucket_keys(gt_list)
+    pred_keys, pred_buckets = _bucket_keys(pred_list)
+    rows, cols, counts = _pair_counts(
+        gt_ids, gt_keys, gt_buckets, n_rows, pred_ids, pred_keys, pred_buckets, n_cols
+    )
+
+    # the column (row) of every listed segment; a listed id 0 owns the void bucket
+    pred_col = np.asarray([1 if s == 0 else k + 2 for k, s in enumerate(pred_list)], np.int64)
+    gt_row = np.asarray([1 if s == 0 else k + 2 for k, s in enumerate(gt_list)], np.int64)
+
+    col_area = np.bincount(cols, weights=counts, minlength=n_cols).astype(np.int64)
+    pred_area = col_area[pred_col]
+    if col_area[0] > 0 or (pred_area == 0).any():
+        _raise_pred_errors(pred_ids, pred_segms, categories, image_id)
+        raise AssertionError("unreachable: inconsistent prediction not reported")
+
+    # category codes: equal ids (by Python ==/hash, as panopticapi's dict lookups) share one
+    codes: dict = {}
+    pred_cat = []
+    for sid in pred_list:
+        cat = _field(pred_segms[sid], "category_id", image_id, sid, "predicted")
+        if _unknown_category(cat, categories):
+            _raise_pred_errors(pred_ids, pred_segms, categories, image_id)
+        pred_cat.append(codes.setdefault(cat, len(codes)))
+    gt_cat = []
+    gt_crowd = []
+    gt_area = []
+    for sid in gt_list:
+        seg = gt_segms[sid]
+        cat = _field(seg, "category_id", image_id, sid, "ground truth")
+        try:
+            gt_cat.append(codes.setdefault(cat, len(codes)))
+        except TypeError:
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} ground truth segment with ID {sid} has an "
+                f"invalid category_id {cat!r}."
+            ) from None
+        gt_crowd.append(_field(seg, "iscrowd", image_id, sid, "ground truth") == 1)
+        area = seg.get("area") if isinstance(seg, Mapping) else None
+        gt_area.append(math.nan if area is None else area)
+    cat_of_code = {code: cat for cat, code in codes.items()}
+    pred_cat_a = np.asarray(pred_cat, dtype=np.int64)
+    gt_cat_a = np.asarray(gt_cat, dtype=np.int64)
+    gt_crowd_a = np.asarray(gt_crowd, dtype=bool)
+
+    # void intersection of every predicted segment (pixels with gt id 0)
+    void_col = np.zeros(n_cols, dtype=np.int64)
+    sel = rows == 1
+    void_col[cols[sel]] = counts[sel]
+    pred_void = void_col[pred_col]
+
+    stats = PQStats()
+    n_pred = len(pred_list)
+    # position in pred_list of each column, and in gt_list of each row
+    col_pos = np.full(n_cols, -1, dtype=np.int64)
+    col_pos[pred_col] = np.arange(n_pred)
+    row_pos = np.full(n_rows, -1, dtype=np.int64)
+    row_pos[gt_row] = np.arange(len(gt_list))
+
+    # candidate pairs: listed gt (not crowd) x listed pred, same category, overlapping
+    pi = col_pos[cols]
+    gi = row_pos[rows]
+    cand = (pi >= 0) & (gi >= 0)
+    pi, gi, inter = pi[cand], gi[cand], counts[cand]
+    keep = ~gt_crowd_a[gi] & (gt_cat_a[gi] == pred_cat_a[pi])
+    pi, gi, inter = pi[keep], gi[keep], inter[keep]
+    gt_matched = np.zeros(len(gt_list), dtype=bool)
+    pred_matched = np.zeros(n_pred, dtype=bool)
+    if inter.size:
+        area_g = np.asarray(gt_area, dtype=np.float64)[gi] if gt_area else np.zeros(0)
+        if np.isnan(area_g).any():
+            bad = gt_list[int(gi[np.isnan(area_g)][0])]
+            raise PanopticFormatError(
+                f"In the image with ID {image_id} ground truth segment with ID {bad} has no "
+                "'area'."
+            )
+        union = (pred_area[pi] + area_g) - inter - pred_void[pi]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / union
+        match = iou > 0.5
+        if match.any():
+            gi_m, pi_m, iou_m = gi[match], pi[match], iou[match]
+            # the reference visits pairs in (gt id, pred id) order; keep its summation order
+            order = sorted(
+                range(len(iou_m)),
+                key=lambda k: (gt_list[int(gi_m[k])], pred_list[int(pi_m[k])]),
+            )
+            for k in order:
+                g = int(gi_m[k])
+                stats.add(cat_of_code[int(gt_cat_a[g])], tp=1, iou=float(iou_m[k]))
+            gt_matched[gi_m] = True
+            pred_matched[pi_m] = True
+
+    # false negatives; the last unmatched crowd segment of a category is its crowd region
+    crowd_row: dict = {}
+    for k in range(len(gt_list)):
+        if gt_matched[k]:
+            continue
+        if gt_crowd[k]:
+            crowd_row[gt_cat[k]] = int(gt_row[k])
+            continue
+        stats.add(cat_of_code[gt_cat[k]], fn=1)
+
+    # false positives, unless mostly on void or on the same category's crowd region
+    ignored = pred_void.astype(np.float64)
+    if crowd_row:
+        crowd_sel = np.zeros(n_rows, dtype=bool)
+        crowd_sel[list(crowd_row.values())] = True
+        sel = crowd_sel[rows] & (col_pos[cols] >= 0)
+        crowd_inter = {
+            (r, c): n
+            for r, c, n in zip(rows[sel].tolist(), cols[sel].tolist(), counts[sel].tolist(),
+                               strict=True)
+        }
+        for j in range(n_pred):
+            r = crowd_row.get(pred_cat[j])
+            if r is not None:
+                ignored[j] = pred_void[j] + crowd_inter.get((r, int(pred_col[j])), 0)
+    frac = ignored / pred_area
+    for j in np.flatnonzero(~pred_matched & ~(frac > 0.5)).tolist():
+        stats.add(cat_of_code[pred_cat[j]], fp=1)
+    return stats
+
+
+# --------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------
+
+
+def _categories_dict(categories: CategoriesLike) -> dict:
+    if isinstance(categories, Mapping):
+        return dict(categories)
+    return {c["id"]: c for c in categories}
+
+
+def _pq_average(stats: PQStats, categories: dict, isthing: bool | None) -> tuple[dict, dict]:
+    pq = sq = rq = 0.0
+    n = 0
+    per_class: dict = {}
+    for cat, info in categories.items():
+        if isthing is not None and (info["isthing"] == 1) != isthing:
+            continue
+        tp, fp, fn, iou = stats.get(cat)
+        if tp + fp + fn == 0:
+            per_class[cat] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+            continue
+        n += 1
+        denom = tp + 0.5 * fp + 0.5 * fn
+        pq_c = iou / denom
+        sq_c = iou / tp if tp != 0 else 0.0
+        rq_c = tp / denom
+        per_class[cat] = {"pq": pq_c, "sq": sq_c, "rq": rq_c}
+        pq += pq_c
+        sq += sq_c
+        rq += rq_c
+    if n == 0:  # panopticapi divides by zero here; report an empty group as 0
+        return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, per_class
+    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
+
+
+def summarize_pq(stats: PQStats, categories: CategoriesLike) -> dict:
+    """PQ/SQ/RQ for All/Things/Stuff plus per_class, in panopticapi's result layout.
+
+    ``categories`` is the ground truth's category list (or ``{id: category}``); a group with
+    no category seen in GT or predictions gets 0.0 with ``n == 0``.
+    """
+    cats = _categories_dict(categories)
+    results: dict = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        results[name], per_class = _pq_average(stats, cats, isthing)
+        if name == "All":
+            results["per_class"] = per_class
+    return results
+
+
+def format_pq_table(results: Mapping[str, Any]) -> str:
+    """The All/Things/Stuff summary in panopticapi's console layout."""
+    lines = ["{:10s}| {:>5s}  {:>5s}  {:>5s} {:>5s}".format("", "PQ", "SQ", "RQ", "N"),
+             "-" * (10 + 7 * 4)]
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        lines.append("{:10s}| {:5.1f}  {:5.1f}  {:5.1f} {:5d}".format(
+            name, 100 * r["pq"], 100 * r["sq"], 100 * r["rq"], r["n"]))
+    return "\n".join(lines)
+
+
+def format_summary_table(pq_res: Mapping[str, Any]) -> str:
+    """All/Things/Stuff table in Detectron2's layout (what its evaluator logs)."""
+    rows = [[name] + [100 * pq_res[name][k] for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
+            for name in ("All", "Things", "Stuff")]
+    return tabulate(rows, headers=["", "PQ", "SQ", "RQ", "#categories"], tablefmt="pipe",
+                    floatfmt=".3f", stralign="center", numalign="center")
+
+
+def format_class_table(
+    pq_res: Mapping[str, Any], categories: CategoriesLike, stats: PQStats | None = None
+) -> str:
+    """Per-category PQ/SQ/RQ (and TP/FP/FN when stats are given), to see what drives PQ."""
+    cats = _categories_dict(categories)
+    headers = ["category", "id", "kind", "PQ", "SQ", "RQ"]
+    if stats is not None:
+        headers += ["TP", "FP", "FN"]
+    rows = []
+    for cat, r in pq_res["per_class"].items():
+        info = cats.get(cat, {})
+        row = [str(info.get("name", cat)), cat, "thing" if info.get("isthing") == 1 else "stuff"]
+        row += [100 * r[k] for k in ("pq", "sq", "rq")]
+        if stats is not None:
+            row += list(stats.get(cat)[:3])
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".3f",
+                    stralign="center", numalign="center")
+
+
+# --------------------------------------------------------------------------------------
+# File-based evaluation (drop-in for panopticapi.evaluation.pq_compute)
+# --------------------------------------------------------------------------------------
+
+
+def _file_image_stats(
+    gt_ann: Mapping[str, Any], pred_ann: Mapping[str, Any], gt_folder: str, pred_folder: str,
+    categories: Any,
+) -> PQStats:
+    image_id = gt_ann.get("image_id")
+    gt = read_panoptic_png(os.path.join(gt_folder, gt_ann["file_name"]), image_id)
+    pred = read_panoptic_png(os.path.join(pred_folder, pred_ann["file_name"]), image_id)
+    return _image_pq_stats(
+        gt, gt_ann.get("segments_info", []), pred, pred_ann.get("segments_info", []),
+        categories, image_id,
+    )
+
+
+def _chunk_stats(args: tuple[list, str, str, Any]) -> PQStats:
+    pairs, gt_folder, pred_folder, categories = args
+    total = PQStats()
+    for gt_ann, pred_ann in pairs:
+        total.merge(_file_image_stats(gt_ann, pred_ann, gt_folder, pred_folder, categories))
+    return total
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one image per process already uses the core
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def compute_stats_from_files(
+    pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    gt_folder: str,
+    pred_folder: str,
+    categories: Any,
+    workers: int | None = None,
+    chunk_size: int = 16,
+) -> PQStats:
+    """Accumulate stats over (gt_ann, pred_ann) pairs, decoding PNGs in a process pool.
+
+    Only small per-category stats come back from workers, so memory stays flat however
+    many images there are.
+    """
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    if multiprocessing.current_process().daemon:  # daemonic processes cannot have children
+        workers = 1
+    pairs = list(pairs)
+    cat_keys = {k: None for k in categories}  # workers only need membership
+    total = PQStats()
+    if workers == 1 or len(pairs) <= chunk_size:
+        for chunk in _chunks(pairs, chunk_size):
+            total.merge(_chunk_stats((chunk, gt_folder, pred_folder, cat_keys)))
+        return total
+    # small chunks keep every worker busy until the end; only annotations go out
+    chunk_size = max(1, min(chunk_size, math.ceil(len(pairs) / (workers * 4))))
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    tasks = ((c, gt_folder, pred_folder, cat_keys) for c in _chunks(pairs, chunk_size))
+    with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
+        for stats in pool.imap(_chunk_stats, tasks):  # in order: reproducible float sums
+            total.merge(stats)
+    return total
+
+
+def evaluate_files(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: str | None = None,
+    pred_folder: str | None = None,
+    workers: int | None = None,
+) -> tuple[dict, PQStats, dict]:
+    """``pq_compute`` that also returns the accumulated stats and the GT categories."""
+    with open(gt_json_file) as f:
+        gt_json = json.load(f)
+    with open(pred_json_file) as f:
+        pred_json = json.load(f)
+    if gt_folder is None:
+        gt_folder = gt_json_file.replace(".json", "")
+    if pred_folder is None:
+        pred_folder = pred_json_file.replace(".json", "")
+    if not os.path.isdir(gt_folder):
+        raise FileNotFoundError(f"Folder {gt_folder} with ground truth segmentations doesn't exist")
+    if not os.path.isdir(pred_folder):
+        raise FileNotFoundError(f"Folder {pred_folder} with predicted segmentations doesn't exist")
+    categories = {el["id"]: el for el in gt_json["categories"]}
+
+    pred_by_image = {el["image_id"]: el for el in pred_json["annotations"]}
+    pairs = []
+    for gt_ann in gt_json["annotations"]:
+        image_id = gt_ann["image_id"]
+        if image_id not in pred_by_image:
+            raise PanopticFormatError(f"no prediction for the image with id: {image_id}")
+        pairs.append((gt_ann, pred_by_image[image_id]))
+
+    stats = compute_stats_from_files(pairs, gt_folder, pred_folder, categories, workers)
+    return summarize_pq(stats, categories), stats, categories
+
+
+def pq_compute(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: str | None = None,
+    pred_folder: str | None = None,
+    workers: int | None = None,
+    verbose: bool = False,
+) -> dict:
+    """Drop-in for ``panopticapi.evaluation.pq_compute``: same arguments, result and errors.
+
+    Folders default to the json path without ``.json`` as in panopticapi. ``workers``
+    (default: all CPUs) sets the decoding processes; ``verbose`` prints panopticapi's table.
+    """
+    start = time.perf_counter()
+    results, _, _ = evaluate_files(gt_json_file, pred_json_file, gt_folder, pred_folder, workers)
+    if verbose:
+        print(format_pq_table(results))
+        print(f"Time elapsed: {time.perf_counter() - start:0.2f} seconds")
+    return results
