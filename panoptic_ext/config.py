@@ -19,4 +19,11 @@ def add_panoptic_config(cfg: CN) -> CN:
         cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS[name] = 1.0
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (CPU or CUDA) or "float16" (CUDA).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
+    # Iterations between log lines / metrics.json entries (Detectron2 hard-codes 20).
+    cfg.SOLVER.LOG_PERIOD = 20
+    # A training sample that fails to load: "error" stops naming the file, "skip" logs it,
+    # trains on another sample and counts it (metric data/skipped_samples).
+    cfg.DATALOADER.ON_BAD_SAMPLE = "error"
+    # Check every file of DATASETS.TRAIN/TEST before training (panoptic_ext.data.validate).
+    cfg.DATALOADER.VALIDATE = True
     return cfg

@@ -3,13 +3,16 @@
 
     python tools/train_net.py --config-file configs/Synthetic/panoptic_fpn_R_50.yaml
     python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
-    python tools/train_net.py --config-file C --resume
+    python tools/train_net.py --config-file C --resume          # continue an interrupted run
+    python tools/train_net.py --config-file C --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
 """
+
+import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
-from panoptic_ext.engine import Trainer, setup_cfg
+from panoptic_ext.engine import Trainer, TrainingInterrupted, setup_cfg
 
 
 def main(args):
@@ -22,7 +25,13 @@ def main(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingInterrupted as e:
+        logging.getLogger("panoptic_ext").warning(
+            f"Training {e}; saved {e.checkpoint}. Rerun with --resume to continue."
+        )
+        return None
 
 
 if __name__ == "__main__":
