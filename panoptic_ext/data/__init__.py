@@ -1,8 +1,10 @@
-"""Data layer: synthetic dataset generator, COCO preparation and Detectron2 registration.
+"""Data layer: synthetic dataset generator, COCO preparation, Detectron2 registration, and the
+bad-data guards used by training (validation pass, safe mapper, train loader).
 
 Importing this package registers the synthetic datasets (see :mod:`.datasets`).
 """
 
+from .build import SkippedSamplesHook, build_train_loader, validate_cfg_datasets
 from .coco_prep import (
     ConversionStats,
     PanopticFormatError,
@@ -20,6 +22,7 @@ from .datasets import (
     register_panoptic,
     register_synthetic,
 )
+from .mapper import BadSampleError, SafeDatasetMapper, SkipCountingLoader
 from .synthetic import (
     SYNTHETIC_CATEGORIES,
     SyntheticDatasetMismatch,
@@ -29,14 +32,28 @@ from .synthetic import (
     synthetic_metadata,
     synthetic_split_paths,
 )
+from .validate import (
+    DatasetValidationError,
+    ValidationReport,
+    check_dataset_names,
+    validate_datasets,
+)
 
 __all__ = [
+    "BadSampleError",
     "ConversionStats",
+    "DatasetValidationError",
     "PanopticFormatError",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DATASET_NAMES",
+    "SafeDatasetMapper",
+    "SkipCountingLoader",
+    "SkippedSamplesHook",
     "SyntheticDatasetMismatch",
     "SyntheticSample",
+    "ValidationReport",
+    "build_train_loader",
+    "check_dataset_names",
     "convert_panoptic_to_semantic",
     "default_datasets_root",
     "generate_synthetic_dataset",
@@ -51,4 +68,6 @@ __all__ = [
     "semantic_label_map",
     "synthetic_metadata",
     "synthetic_split_paths",
+    "validate_cfg_datasets",
+    "validate_datasets",
 ]

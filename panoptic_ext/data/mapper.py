@@ -1,0 +1,191 @@
+"""A guard around the training mapper for samples that fail to load.
+
+Detectron2's mapper raises from inside a data-loader worker with a message that rarely names
+the file ("image file is truncated"). :class:`SafeDatasetMapper` either re-raises naming the
+file and the dataset dict index (``DATALOADER.ON_BAD_SAMPLE: error``), or logs the file and
+returns None (``skip``); Detectron2's ``MapDataset`` then maps another random index instead.
+
+Skipped samples are counted where they happen, which is a loader worker process. To reach
+the main process without shared memory (which does not survive the pickling Detectron2 does
+for spawned workers), the count rides along with data: the next good sample produced by the
+same mapper copy carries it in ``sample[SKIPPED_KEY]``. :class:`SkipCountingLoader` pops that
+field from every batch and sums it into ``num_skipped``. ``MapDataset`` retries right away in
+the same worker, so the count arrives with the batch that replaced the bad sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .validate import inspect_file
+
+__all__ = [
+    "INDEX_KEY",
+    "ON_BAD_SAMPLE_CHOICES",
+    "SKIPPED_KEY",
+    "BadSampleError",
+    "SafeDatasetMapper",
+    "SkipCountingLoader",
+    "check_on_bad_sample",
+    "find_bad_file",
+]
+
+logger = logging.getLogger(__name__)
+
+ON_BAD_SAMPLE_CHOICES = ("error", "skip")
+INDEX_KEY = "_dataset_index"  # set on dataset dicts by build_train_loader, popped by the mapper
+SKIPPED_KEY = "_skipped"  # on a mapped sample: how many samples this worker skipped before it
+
+# Dataset dict key -> (name used in messages, inspect_file kind), in the order files are read.
+_FILE_KEYS = (
+    ("file_name", "image", "image"),
+    ("sem_seg_file_name", "sem_seg", "sem_seg"),
+    ("pan_seg_file_name", "panoptic", "panoptic"),
+)
+
+
+class BadSampleError(RuntimeError):
+    """A dataset sample failed to load; the message names the file and the dict index."""
+
+
+def check_on_bad_sample(value: str, key: str = "DATALOADER.ON_BAD_SAMPLE") -> str:
+    """Validate the config value up front, so a typo fails at start-up, not at the first bad
+    sample hours later."""
+    if value not in ON_BAD_SAMPLE_CHOICES:
+        raise ValueError(f"{key}={value!r}; expected one of {list(ON_BAD_SAMPLE_CHOICES)}")
+    return value
+
+
+def _files(dataset_dict: Any) -> list[tuple[str, str, str]]:
+    if not isinstance(dataset_dict, dict):
+        return []
+    return [
+        (role, kind, str(dataset_dict[key]))
+        for key, role, kind in _FILE_KEYS
+        if isinstance(dataset_dict.get(key), str | os.PathLike)
+    ]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def find_bad_file(
+    files: list[tuple[str, str, str]], exc: BaseException
+) -> tuple[str, str] | None:
+    """Which of a sample's ``(role, kind, path)`` files caused ``exc``: (role, path) or None.
+
+    Uses the exception's filename or message when they name a file; otherwise re-reads each
+    file the way the validator does (only on the failure path, so it costs nothing normally).
+    """
+    for e in _chain(exc):
+        names = {getattr(e, "filename", None), getattr(e, "filename2", None)}
+        for role, _, path in files:
+            if any(n is not None and os.path.abspath(str(n)) == os.path.abspath(path)
+                   for n in names):
+                return role, path
+    text = " ".join(str(e) for e in _chain(exc))
+    for role, _, path in files:
+        if path in text:
+            return role, path
+    for role, kind, path in files:
+        if "error" in inspect_file(kind, path):
+            return role, path
+    return None
+
+
+class SafeDatasetMapper:
+    """Wraps any mapper callable; see the module docstring for ``on_bad_sample`` and counting.
+
+    ``max_consecutive_skips`` stops a run whose data is broken wholesale (wrong root, every
+    file unreadable) instead of skipping forever.
+    """
+
+    def __init__(
+        self,
+        mapper: Callable[[dict], Any],
+        on_bad_sample: str = "error",
+        max_consecutive_skips: int = 100,
+    ):
+        self.mapper = mapper
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
+        self.max_consecutive_skips = max(1, int(max_consecutive_skips))
+        self.num_skipped = 0  # in this process only; see SkipCountingLoader for the total
+        self._pending = 0  # skipped, not yet reported with a good sample
+        self._consecutive = 0
+
+    def __call__(self, dataset_dict: dict) -> Any:
+        index = None
+        if isinstance(dataset_dict, dict) and INDEX_KEY in dataset_dict:
+            dataset_dict = dict(dataset_dict)  # never mutate the dataset's own dict
+            index = dataset_dict.pop(INDEX_KEY)
+        files = _files(dataset_dict)  # before mapping: mappers pop these keys
+        try:
+            out = self.mapper(dataset_dict)
+        except Exception as exc:
+            return self._failed(files, index, exc)
+        self._consecutive = 0
+        if self._pending and isinstance(out, dict):
+            out[SKIPPED_KEY] = self._pending
+            self._pending = 0
+        return out
+
+    def _failed(self, files: list[tuple[str, str, str]], index: Any, exc: Exception) -> None:
+        where = f"dataset dict #{index}" if index is not None else "a dataset dict"
+        bad = find_bad_file(files, exc)
+        if bad is not None:
+            what = f"{bad[0]} file {bad[1]} ({where})"
+        else:
+            listed = ", ".join(f"{role} {path}" for role, _, path in files) or "no files"
+            what = f"{where} ({listed})"
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.on_bad_sample == "error":
+            raise BadSampleError(
+                f"Failed to load {what}: {reason}. Fix or remove it (validate_datasets lists "
+                "every bad file), or set DATALOADER.ON_BAD_SAMPLE skip to skip such samples."
+            ) from exc
+        self.num_skipped += 1
+        self._pending += 1
+        self._consecutive += 1
+        logger.warning("Skipping %s: %s", what, reason)
+        if self._consecutive >= self.max_consecutive_skips:
+            raise BadSampleError(
+                f"{self._consecutive} samples in a row failed to load, the last being {what}: "
+                f"{reason}. The dataset looks broken as a whole; run validate_datasets on it."
+            ) from exc
+        return None
+
+
+class SkipCountingLoader:
+    """Iterates a training loader, moving the per-sample skip counts into ``num_skipped``.
+
+    Other attributes are forwarded to the wrapped loader.
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.num_skipped = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            samples = batch if isinstance(batch, list | tuple) else [batch]
+            for sample in samples:
+                if isinstance(sample, dict):
+                    self.num_skipped += int(sample.pop(SKIPPED_KEY, 0))
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
