@@ -12,6 +12,10 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_configure(config):
+    # Keep the dataset-validation cache out of the user's home during tests.
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="panoptic_ext_test_cache_")
     # Tools are scripts; tests run them as subprocesses with the same interpreter.
     os.environ.setdefault("PANOPTIC_EXT_PYTHON", sys.executable)
 

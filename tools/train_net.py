@@ -12,12 +12,14 @@ import logging
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
+from panoptic_ext.data import check_dataset_names
 from panoptic_ext.engine import Trainer, TrainingInterrupted, setup_cfg
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
+        check_dataset_names(cfg, ("DATASETS.TEST",))
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

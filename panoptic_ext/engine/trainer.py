@@ -12,7 +12,6 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
     DatasetMapper,
     MetadataCatalog,
-    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
@@ -27,6 +26,8 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import add_panoptic_config
+from ..data import SkippedSamplesHook, validate_cfg_datasets
+from ..data import build_train_loader as build_safe_train_loader
 from ..data.samplers import ResumableTrainingSampler
 from ..evaluation import PanopticEvaluator
 from .checkpoint import AtomicCheckpointer
@@ -125,6 +126,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         device_type = torch.device(cfg.MODEL.DEVICE).type
         autocast_dtype = None
         if cfg.SOLVER.AMP.ENABLED:
@@ -154,19 +156,26 @@ class Trainer(DefaultTrainer):
         )
         mapper = DatasetMapper(cfg, True)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
+            return build_safe_train_loader(cfg, mapper, dataset=dataset)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         cls._sampler = ResumableTrainingSampler(len(dataset), seed=seed)
-        return build_detection_train_loader(
-            cfg, dataset=dataset, mapper=mapper, sampler=cls._sampler
-        )
+        return build_safe_train_loader(cfg, mapper, dataset=dataset, sampler=cls._sampler)
 
     def build_hooks(self):
         ret = super().build_hooks()
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.SOLVER.LOG_PERIOD
+        # Write an iteration's log line before its checkpoint: a kill in between then replays
+        # that iteration (its line is cut on resume) instead of leaving a gap in the log.
+        writers = [h for h in ret if isinstance(h, hooks.PeriodicWriter)]
+        ckpt = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
+                    None)
+        if ckpt is not None:
+            ret = [h for h in ret if not isinstance(h, hooks.PeriodicWriter)]
+            ret[ckpt:ckpt] = writers
         ret.insert(0, GracefulStop(self.checkpointer))
+        ret.insert(0, SkippedSamplesHook(period=self.cfg.SOLVER.LOG_PERIOD))
         return ret
 
     def state_dict(self) -> dict:
