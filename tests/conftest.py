@@ -33,3 +33,26 @@ def coco_cfg():
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     return cfg
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A tiny synthetic dataset root, generated once per test module; never modified."""
+    from panoptic_ext.data import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("pristine")
+    generate_synthetic_dataset(root, seed=3, num_train=4, num_val=2, size=64, progress=False)
+    return root
+
+
+@pytest.fixture
+def data(pristine, tmp_path):
+    """A private copy of `pristine`, registered under the synthetic names; yields its folder."""
+    import shutil
+
+    from panoptic_ext.data import register_synthetic
+
+    shutil.copytree(pristine / "synthetic_panoptic", tmp_path / "synthetic_panoptic")
+    register_synthetic(tmp_path)
+    yield tmp_path / "synthetic_panoptic"
+    register_synthetic()

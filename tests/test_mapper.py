@@ -2,7 +2,6 @@
 
 import logging
 import os
-import shutil
 
 import pytest
 from detectron2.config import get_cfg
@@ -16,8 +15,6 @@ from panoptic_ext.data import (
     SkippedSamplesHook,
     build_train_loader,
     check_dataset_names,
-    generate_synthetic_dataset,
-    register_synthetic,
     validate_cfg_datasets,
 )
 from panoptic_ext.data.mapper import INDEX_KEY, SKIPPED_KEY
@@ -25,21 +22,6 @@ from panoptic_ext.data.mapper import INDEX_KEY, SKIPPED_KEY
 from .conftest import CONFIGS
 
 TRAIN = "synthetic_panoptic_train_separated"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine")
-    generate_synthetic_dataset(root, seed=5, num_train=4, num_val=2, size=64, progress=False)
-    return root
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    shutil.copytree(pristine / "synthetic_panoptic", tmp_path / "synthetic_panoptic")
-    register_synthetic(tmp_path)
-    yield tmp_path / "synthetic_panoptic"
-    register_synthetic()
 
 
 @pytest.fixture

@@ -12,31 +12,13 @@ from PIL import Image
 from panoptic_ext.data import (
     SYNTHETIC_CATEGORIES,
     DatasetValidationError,
-    generate_synthetic_dataset,
     register_panoptic,
-    register_synthetic,
     rgb_to_id,
     validate_datasets,
 )
 from panoptic_ext.data import validate as validate_mod
 
 TRAIN = "synthetic_panoptic_train_separated"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine")
-    generate_synthetic_dataset(root, seed=3, num_train=4, num_val=2, size=64, progress=False)
-    return root
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    """A private copy of the dataset, registered under the synthetic names; yields its folder."""
-    shutil.copytree(pristine / "synthetic_panoptic", tmp_path / "synthetic_panoptic")
-    register_synthetic(tmp_path)
-    yield tmp_path / "synthetic_panoptic"
-    register_synthetic()
 
 
 def _validate(names, tmp_path, **kw):
