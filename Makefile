@@ -70,7 +70,8 @@ DATA_ROOT := $${DETECTRON2_DATASETS:-datasets}
 demo: install
 	$(PY) datasets/prepare_synthetic.py
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_OUT)
-	$(PY) tools/demo.py --config-file $(DEMO_CONFIG) --input $(DATA_ROOT)/synthetic_panoptic/val \
+	$(PY) tools/demo.py --config-file $(DEMO_CONFIG) \
+		--input "$(DATA_ROOT)/synthetic_panoptic/val/0000010000[01]?.jpg" \
 		--output $(DEMO_OUT)/pictures --opts MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 	@echo "Model: $(DEMO_OUT)/model_final.pth"
 	@echo "Metrics: $(DEMO_OUT)/inference/synthetic_panoptic_val_separated/metrics.json"
