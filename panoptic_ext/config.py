@@ -17,6 +17,17 @@ def add_panoptic_config(cfg: CN) -> CN:
     for name in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
                  "loss_sem_seg"):
         cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS[name] = 1.0
+    # Inference post-processing with less work for the same outputs: no full-size semantic logits
+    # unless "sem_seg" is returned, masks pasted only where the panoptic merge reads them.
+    cfg.MODEL.PANOPTIC_EXT.FAST_INFERENCE = True
+    # Convolutions in channels_last at inference: faster on CPU, low bits differ (off = exact).
+    cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = True
+    # Fold frozen/eval batch norms into the preceding convs at inference: faster, low bits differ.
+    cfg.MODEL.PANOPTIC_EXT.FUSE_NORM = True
+    # What inference returns per image: any of "instances", "sem_seg", "panoptic_seg".
+    cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS = ["instances", "sem_seg", "panoptic_seg"]
+    # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).
+    cfg.TEST.PRECISION = "fp32"
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (CPU or CUDA) or "float16" (CUDA).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
     # Iterations between log lines / metrics.json entries (Detectron2 hard-codes 20).
@@ -26,4 +37,7 @@ def add_panoptic_config(cfg: CN) -> CN:
     cfg.DATALOADER.ON_BAD_SAMPLE = "error"
     # Check every file of DATASETS.TRAIN/TEST before training (panoptic_ext.data.validate).
     cfg.DATALOADER.VALIDATE = True
+    # Your COCO-panoptic folders, "NAME:IMAGE_ROOT:PANOPTIC_JSON:PANOPTIC_ROOT": registers NAME and
+    # NAME_separated (panoptic_ext.data.custom); heads follow their categories.
+    cfg.DATASETS.PANOPTIC_FOLDERS = []
     return cfg

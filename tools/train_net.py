@@ -5,15 +5,26 @@
     python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file C --resume          # continue an interrupted run
     python tools/train_net.py --config-file C --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
+    python tools/train_net.py --config-file C --dataset mine_train:IMAGES:PANOPTIC.json:PNGS \
+        --dataset mine_val:... DATASETS.TRAIN "('mine_train_separated',)" \
+        DATASETS.TEST "('mine_val_separated',)"        # your own COCO-panoptic folders
 """
 
+import argparse
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 from panoptic_ext.data import check_dataset_names
-from panoptic_ext.engine import Trainer, TrainingInterrupted, setup_cfg
+from panoptic_ext.data.custom import FOLDER_SPEC
+from panoptic_ext.engine import (
+    Trainer,
+    TrainingInterrupted,
+    check_head_shapes,
+    checkpoint_to_load,
+    setup_cfg,
+)
 
 
 def main(args):
@@ -21,9 +32,10 @@ def main(args):
     if args.eval_only:
         check_dataset_names(cfg, ("DATASETS.TEST",))
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
+        check_head_shapes(model, path, strict=True, dataset=", ".join(cfg.DATASETS.TEST))
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -36,8 +48,20 @@ def main(args):
         return None
 
 
+def get_parser() -> argparse.ArgumentParser:
+    """Detectron2's parser plus --dataset (kept here: the logic is in panoptic_ext)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar=FOLDER_SPEC,
+        help="register your COCO-panoptic folder as NAME and NAME_separated (repeatable; "
+        "same as DATASETS.PANOPTIC_FOLDERS; put it before the KEY VALUE overrides); heads "
+        "follow its categories",
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = get_parser().parse_args()
     launch(
         main,
         args.num_gpus,

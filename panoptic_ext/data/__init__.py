@@ -1,7 +1,8 @@
 """Data layer: synthetic dataset generator, COCO preparation, Detectron2 registration, and the
 bad-data guards used by training (validation pass, safe mapper, train loader).
 
-Importing this package registers the synthetic datasets (see :mod:`.datasets`).
+Importing this package registers the synthetic datasets (see :mod:`.datasets`); your own
+COCO-panoptic folders are registered with :func:`register_panoptic_dataset` (see :mod:`.custom`).
 """
 
 from .build import SkippedSamplesHook, build_train_loader, validate_cfg_datasets
@@ -14,6 +15,12 @@ from .coco_prep import (
     prepare_coco_panoptic_fpn,
     rgb_to_id,
     semantic_label_map,
+)
+from .custom import (
+    configure_panoptic_folders,
+    prepare_panoptic_dataset,
+    register_panoptic_dataset,
+    register_panoptic_folders,
 )
 from .datasets import (
     SYNTHETIC_DATASET_NAMES,
@@ -54,6 +61,7 @@ __all__ = [
     "ValidationReport",
     "build_train_loader",
     "check_dataset_names",
+    "configure_panoptic_folders",
     "convert_panoptic_to_semantic",
     "default_datasets_root",
     "generate_synthetic_dataset",
@@ -61,7 +69,10 @@ __all__ = [
     "panoptic_separated_metadata",
     "panoptic_standard_metadata",
     "prepare_coco_panoptic_fpn",
+    "prepare_panoptic_dataset",
     "register_panoptic",
+    "register_panoptic_dataset",
+    "register_panoptic_folders",
     "register_synthetic",
     "render_sample",
     "rgb_to_id",

@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import add_panoptic_config
 from ..data import SkippedSamplesHook, validate_cfg_datasets
 from ..data import build_train_loader as build_safe_train_loader
+from ..data.custom import configure_panoptic_folders, prepare_cfg_folders
 from ..data.samplers import ResumableTrainingSampler
 from ..evaluation import PanopticEvaluator
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, check_head_shapes, checkpoint_to_load
 from .hooks import GracefulStop
 from .train_loop import PanopticTrainLoop, parse_dtype
 
@@ -192,6 +193,9 @@ class Trainer(DefaultTrainer):
             sampler.seed = state_dict["data_seed"]
 
     def resume_or_load(self, resume: bool = True) -> None:
+        if comm.is_main_process():  # heads for other classes: say so by name (warning)
+            path = checkpoint_to_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
+            check_head_shapes(self.model, path, dataset=", ".join(self.cfg.DATASETS.TRAIN))
         super().resume_or_load(resume=resume)
         if resume and self.start_iter > 0:
             sampler = getattr(self, "_sampler", None)
@@ -245,8 +249,21 @@ def setup_cfg(args) -> CfgNode:
             raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
+    # --dataset / DATASETS.PANOPTIC_FOLDERS: registered in every process (DDP workers too).
+    eval_only = bool(getattr(args, "eval_only", False))
+    notes = configure_panoptic_folders(
+        cfg, getattr(args, "dataset", None) or (), args.opts or (), eval_only
+    )
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures only detectron2's and fvcore's loggers; ours says what it changed.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panoptic_ext")
+    for note in notes:  # what the dataset changed; a command-line value that disagrees warns
+        if "command line" in note:
+            logger.warning(note)
+        else:
+            logger.info(note)
+    prepare_cfg_folders(cfg, eval_only)
     return cfg
 
 
