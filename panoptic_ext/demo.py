@@ -1,4 +1,5 @@
-"""Run a trained model on image files and write pictures, COCO panoptic PNGs and a JSON.
+"""Run a trained model on image files (pictures, COCO panoptic PNGs and a JSON) or on a video
+or webcam (an annotated video, or a window).
 
 The logic behind tools/demo.py, kept importable so it can be tested and reused.
 """
@@ -17,12 +18,14 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "VideoSourceError",
     "collect_inputs",
     "panoptic_to_coco",
     "PanopticDemo",
@@ -112,6 +115,33 @@ def panoptic_to_coco(
     return rgb, out
 
 
+class VideoSourceError(OSError):
+    """A video file or camera that cannot be opened or decoded, or a window that cannot open."""
+
+
+def _check_gui(cv2) -> None:
+    """Fail early and clearly where OpenCV has no GUI (opencv-python-headless)."""
+    try:
+        cv2.namedWindow(_WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error as e:
+        raise VideoSourceError(
+            "cannot open a window: this OpenCV has no GUI support (opencv-python-headless?). "
+            "Install opencv-python for --webcam, or use --video-input FILE --output out.mp4"
+        ) from e
+
+
+def _video_output_path(source: str | int, output: str) -> str:
+    """`output` itself, or `output`/<video stem>.mp4 when it names a folder."""
+    if os.path.isdir(output) or output.endswith(os.sep):
+        stem = f"webcam{source}" if isinstance(source, int) else os.path.splitext(
+            os.path.basename(source))[0]
+        return os.path.join(output, stem + ".mp4")
+    return output
+
+
+_WINDOW = "panoptic_ext"
+
+
 class PanopticDemo:
     """Predicts one image at a time and renders/serialises the panoptic result."""
 
@@ -128,8 +158,76 @@ class PanopticDemo:
     def draw(self, image_bgr: np.ndarray, predictions: dict[str, Any]) -> np.ndarray:
         """RGB picture of the panoptic result drawn by Detectron2's Visualizer."""
         panoptic, segments = predictions["panoptic_seg"]
-        vis = Visualizer(image_bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
+        # Small images are drawn enlarged so the labels stay readable.
+        scale = max(1.0, 384.0 / max(image_bgr.shape[:2]))
+        vis = Visualizer(image_bgr[:, :, ::-1], self.metadata, scale=scale,
+                         instance_mode=ColorMode.IMAGE)
         return vis.draw_panoptic_seg(panoptic.to(self.cpu), segments).get_image()
+
+    def run_video(self, source: str | int, output: str | None = None) -> int:
+        """Annotate every frame of a video file (or camera index) into `output` (mp4v; a
+        folder gets <stem>.mp4) or, without `output`, into a window (Esc stops).
+
+        Instance colours follow instances across frames (Detectron2's VideoVisualizer).
+        Returns the number of frames processed; raises VideoSourceError naming the source when
+        it cannot be opened or yields no frame.
+        """
+        import cv2
+
+        name = f"webcam {source}" if isinstance(source, int) else f"video {source}"
+        if output is None:
+            _check_gui(cv2)
+        if isinstance(source, str) and not os.path.isfile(source):
+            raise VideoSourceError(f"cannot read {name}: no such file")
+        cap = cv2.VideoCapture(source)
+        if not cap.isOpened():
+            raise VideoSourceError(f"cannot read {name}: OpenCV cannot open it as a video")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and np.isfinite(fps) and fps > 0 else 30.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        path = _video_output_path(source, output) if output else None
+        writer = None
+        frames = 0
+        try:
+            with tqdm(total=total if total > 0 else None, desc="demo", unit="frame") as bar:
+                while True:
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    panoptic, segments = self.predict(frame)["panoptic_seg"]
+                    vis = visualizer.draw_panoptic_seg_predictions(
+                        frame[:, :, ::-1], panoptic.to(self.cpu), segments
+                    ).get_image()
+                    bgr = np.ascontiguousarray(vis[:, :, ::-1])
+                    if path is None:
+                        cv2.imshow(_WINDOW, bgr)
+                        if cv2.waitKey(1) == 27:  # Esc
+                            break
+                    else:
+                        if writer is None:
+                            writer = self._open_writer(cv2, path, fps, bgr.shape)
+                        writer.write(bgr)
+                    frames += 1
+                    bar.update(1)
+        finally:
+            cap.release()
+            if writer is not None:
+                writer.release()
+            if path is None:
+                cv2.destroyAllWindows()
+        if frames == 0:
+            raise VideoSourceError(f"cannot read {name}: no frame could be decoded")
+        return frames
+
+    @staticmethod
+    def _open_writer(cv2, path: str, fps: float, shape: tuple[int, ...]):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                 (shape[1], shape[0]), True)
+        if not writer.isOpened():
+            raise OSError(f"cannot write video {path} (OpenCV VideoWriter, mp4v)")
+        return writer
 
     def run_files(self, files: Sequence[str], output: str) -> list[str]:
         """Process files into `output`; returns the files that failed (reported on stderr)."""

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Panoptic FPN demo on images: pictures, COCO panoptic PNGs and predictions.json.
+"""Panoptic FPN demo on images (pictures, COCO panoptic PNGs and predictions.json), a video
+(an annotated video) or a webcam (a window).
 
     python tools/demo.py --config-file configs/Synthetic/panoptic_fpn_R_50.yaml \
         --input a.jpg dir/ 'pat*.png' --output out/ --opts MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/demo.py --config-file ... --video-input in.mp4 --output out.mp4 --opts ...
+    python tools/demo.py --config-file ... --webcam --opts ...
 """
 
 import argparse
@@ -14,16 +17,19 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 from panoptic_ext import add_panoptic_config
-from panoptic_ext.demo import PanopticDemo, collect_inputs
+from panoptic_ext.demo import PanopticDemo, VideoSourceError, collect_inputs
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE")
-    p.add_argument("--input", nargs="+", required=True,
+    p.add_argument("--input", nargs="+",
                    help="image files, folders, or quoted glob patterns")
-    p.add_argument("--output", help="folder for results; without it, show each result in a window")
+    p.add_argument("--video-input", metavar="FILE", help="a video file")
+    p.add_argument("--webcam", action="store_true", help="camera 0, shown in a window")
+    p.add_argument("--output", help="folder for image results, or the annotated video (mp4); "
+                                    "without it, show each result in a window")
     p.add_argument("--confidence-threshold", type=float, default=None,
                    help="minimum instance score (detection and panoptic merge)")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE overrides")
@@ -67,10 +73,27 @@ def show(demo: PanopticDemo, files) -> int:
     return failed
 
 
+def run_video(args) -> int:
+    demo = PanopticDemo(setup_cfg(args))
+    try:
+        demo.run_video(0 if args.webcam else args.video_input, args.output)
+    except VideoSourceError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if sum([bool(args.input), bool(args.video_input), args.webcam]) != 1:
+        parser.error("give exactly one input: --input, --video-input or --webcam")
+    if args.webcam and args.output:
+        parser.error("--output is not supported with --webcam (it shows a window)")
     setup_logger(name="panoptic_ext")
     setup_logger(name="detectron2")
+    if not args.input:
+        return run_video(args)
     files, problems = collect_inputs(args.input)
     for p in problems:
         print(f"ERROR: {p}", file=sys.stderr)
