@@ -275,6 +275,9 @@ def search_combine(
                     stuff_area_thresh=s.stuff_area_thresh,
                     score_thresh=s.score_thresh,
                 )
+                # STUFF_AREA_LIMIT 0 keeps stuff labels whose pixels all went to things: such
+                # zero-area segments are not in the map, so they are not predictions.
+                segments = [seg for seg in segments if seg.get("area", 1) > 0]
                 cache[key] = image_pq_stats(gt_ids, gt_segments, pan.numpy(),
                                             gt.convert(segments, image_id), gt.categories,
                                             image_id)
