@@ -24,6 +24,8 @@ def add_panoptic_config(cfg: CN) -> CN:
     cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = True
     # Fold frozen/eval batch norms into the preceding convs at inference: faster, low bits differ.
     cfg.MODEL.PANOPTIC_EXT.FUSE_NORM = True
+    # CPU threads for the fast path's post-processing (0 = torch's setting); same results.
+    cfg.MODEL.PANOPTIC_EXT.POSTPROCESS_THREADS = 1
     # What inference returns per image: any of "instances", "sem_seg", "panoptic_seg".
     cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS = ["instances", "sem_seg", "panoptic_seg"]
     # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).

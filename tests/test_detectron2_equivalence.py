@@ -54,6 +54,9 @@ def models():
     cfg.merge_from_file(f"{CONFIGS}/COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml")
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
+    # exact mode: channels_last and folded norms differ from Detectron2's in the low bits
+    cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = False
+    cfg.MODEL.PANOPTIC_EXT.FUSE_NORM = False
     ours = build_model(_low_thresholds(cfg)).eval()
     return d2, ours, cfg
 

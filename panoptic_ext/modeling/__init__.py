@@ -1,5 +1,12 @@
-from .combine import COMBINE_REGISTRY, HeuristicCombine, build_combine, combine_panoptic
-from .meta_arch import PanopticFPNExt
+from .combine import (
+    COMBINE_REGISTRY,
+    HeuristicCombine,
+    build_combine,
+    combine_panoptic,
+    combine_panoptic_crops,
+)
+from .meta_arch import PanopticFPNExt, paste_for_merge
+from .postprocess import semantic_argmax, semantic_logits
 from .semantic_head import SemanticFPNHead, semantic_loss
 
 __all__ = [
@@ -7,7 +14,11 @@ __all__ = [
     "HeuristicCombine",
     "build_combine",
     "combine_panoptic",
+    "combine_panoptic_crops",
     "PanopticFPNExt",
+    "paste_for_merge",
     "SemanticFPNHead",
+    "semantic_argmax",
+    "semantic_logits",
     "semantic_loss",
 ]

@@ -1,0 +1,419 @@
+"""Side-by-side inference benchmark: PanopticFPNExt against Detectron2's own PanopticFPN.
+
+Both models are built from one config and one set of weights, run on the same images in one
+process, alternating (so machine load hits both alike), after a warm-up. Reports per-stage and
+end-to-end latency of each, their ratio, and how far our panoptic output agrees with
+Detectron2's (pixel agreement of the segment category, and PQ taking Detectron2's output as
+ground truth). The logic behind tools/benchmark.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
+
+from .config import add_panoptic_config
+from .modeling import meta_arch as ext_meta_arch
+
+__all__ = [
+    "STAGES",
+    "StageTimer",
+    "build_models",
+    "compare_panoptic",
+    "load_images",
+    "setup_cfg",
+    "run_benchmark",
+    "format_report",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGES = (
+    "backbone+FPN",
+    "semantic head",
+    "RPN",
+    "ROI heads",
+    "mask paste/postprocess",
+    "semantic postprocess",
+    "combine",
+    "other",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def setup_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """Our config from a YAML file plus KEY VALUE overrides."""
+    cfg = add_panoptic_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _tame_random_weights(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random init with unit-scale batch norm saturates activations into one detection; smaller
+    norm scales and RPN deltas let many varied detections through every stage."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if w is not None and type(m).__name__ in ("FrozenBatchNorm2d", "BatchNorm2d"):
+                w.copy_(torch.rand(w.shape, generator=gen) * 0.3 + 0.2)
+        model.proposal_generator.rpn_head.anchor_deltas.weight.mul_(0.01)
+
+
+def build_models(cfg: CfgNode, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(ours, Detectron2's PanopticFPN, weights description), in eval mode with equal weights.
+
+    With MODEL.WEIGHTS empty the weights are random (tamed) and the score thresholds are
+    lowered so that detections reach mask pasting and the merge: random class scores sit near
+    1 / (classes + 1), so the detector keeps those above 1.5 times that (a threshold of 0 would
+    mostly time NMS over every class of every proposal) and the merge takes all of them.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    if not cfg.MODEL.WEIGHTS:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 1.5 / (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
+    d2_cfg = cfg.clone()
+    d2_cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
+    d2_cfg.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
+    torch.manual_seed(seed)
+    d2 = build_model(d2_cfg)
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(d2).load(cfg.MODEL.WEIGHTS)
+        source = cfg.MODEL.WEIGHTS
+    else:
+        _tame_random_weights(d2, seed)
+        source = (f"random (tamed); detector score threshold "
+                  f"{cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:.3g}, merge threshold 0")
+    ours = build_model(cfg)
+    ours.load_state_dict(d2.state_dict(), strict=True)
+    return ours.eval(), d2.eval(), source
+
+
+def load_images(
+    cfg: CfgNode, num: int, size: tuple[int, int], seed: int = 0
+) -> tuple[list[torch.Tensor], str]:
+    """`num` CHW float images of `size`: the first test-set images resized, else random ones."""
+    import cv2
+
+    height, width = size
+    images: list[torch.Tensor] = []
+    source = "random"
+    with contextlib.suppress(Exception):
+        from detectron2.data import DatasetCatalog
+        from detectron2.data.detection_utils import read_image
+
+        dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
+        for d in dicts[:num]:
+            img = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+            images.append(torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float())
+        if images:
+            source = f"{cfg.DATASETS.TEST[0]} resized to {height}x{width}"
+    gen = torch.Generator().manual_seed(seed)
+    while len(images) < num:
+        images.append(torch.randint(0, 256, (3, height, width), generator=gen).float())
+    return images[:num], source
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage timing
+# ----------------------------------------------------------------------------------------------
+
+
+class StageTimer:
+    """Accumulates wall time per stage; a stage entered inside another one is not counted
+    separately (its time belongs to the outer stage)."""
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self.times: dict[str, float] = {}
+        self._stack: list[tuple[str, float]] = []
+        self._sync = sync or (lambda: None)
+
+    def reset(self) -> None:
+        self.times = {}
+        self._stack = []
+
+    def start(self, name: str) -> None:
+        self._sync()
+        self._stack.append((name, time.perf_counter()))
+
+    def stop(self) -> None:
+        self._sync()
+        name, t0 = self._stack.pop()
+        if not self._stack:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            self.start(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stop()
+
+        return timed
+
+
+class _TimedCombine:
+    """Proxy for a merge strategy object that times its calls."""
+
+    def __init__(self, inner: Any, timer: StageTimer):
+        self._inner = inner
+        self._timer = timer
+
+    def __call__(self, *args, **kwargs):
+        return self._timer.wrap("combine", self._inner)(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._inner, name)
+        if name == "combine_crops":
+            return self._timer.wrap("combine", value)
+        return value
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@contextlib.contextmanager
+def instrument(model: torch.nn.Module, timer: StageTimer) -> Iterator[None]:
+    """Time the stages of either model while inside the context."""
+    handles = []
+
+    def hook_stage(module: torch.nn.Module, name: str) -> None:
+        handles.append(module.register_forward_pre_hook(lambda *_: timer.start(name)))
+        handles.append(module.register_forward_hook(lambda *_: timer.stop()))
+
+    hook_stage(model.backbone, "backbone+FPN")
+    hook_stage(model.sem_seg_head, "semantic head")
+    hook_stage(model.proposal_generator, "RPN")
+    hook_stage(model.roi_heads, "ROI heads")
+    with contextlib.ExitStack() as stack:
+        if isinstance(model, ext_meta_arch.PanopticFPNExt):
+            mod = ext_meta_arch
+            head = model.sem_seg_head
+            if hasattr(head, "layers"):
+                stack.enter_context(_patched(head, "layers",
+                                             timer.wrap("semantic head", head.layers)))
+            stack.enter_context(_patched(model, "_upsample",
+                                         timer.wrap("semantic head", model._upsample)))
+            stack.enter_context(_patched(model, "_sem_postprocess", timer.wrap(
+                "semantic postprocess", model._sem_postprocess)))
+            stack.enter_context(_patched(mod, "semantic_argmax", timer.wrap(
+                "semantic postprocess", mod.semantic_argmax)))
+            stack.enter_context(_patched(mod, "paste_for_merge", timer.wrap(
+                "mask paste/postprocess", mod.paste_for_merge)))
+            stack.enter_context(_patched(model, "combine", _TimedCombine(model.combine, timer)))
+        else:
+            mod = d2_panoptic_fpn
+            stack.enter_context(_patched(mod, "sem_seg_postprocess", timer.wrap(
+                "semantic postprocess", mod.sem_seg_postprocess)))
+            stack.enter_context(_patched(mod, "combine_semantic_and_instance_outputs",
+                                         timer.wrap("combine",
+                                                    mod.combine_semantic_and_instance_outputs)))
+        stack.enter_context(_patched(mod, "detector_postprocess", timer.wrap(
+            "mask paste/postprocess", mod.detector_postprocess)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            # instance attributes set by _patched shadow methods: drop them again
+            for attr in ("layers", "_upsample", "_sem_postprocess"):
+                for owner in (model, model.sem_seg_head):
+                    owner.__dict__.pop(attr, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output agreement
+# ----------------------------------------------------------------------------------------------
+
+
+def _category_map(pan: torch.Tensor, segments: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """Per-pixel category key (things k -> k, stuff s -> 100000 + s, void -> -1) and segments
+    in COCO form with those keys."""
+    lut = np.full(max([s["id"] for s in segments], default=0) + 1, -1, dtype=np.int64)
+    coco = []
+    for s in segments:
+        key = int(s["category_id"]) + (0 if s["isthing"] else 100000)
+        lut[s["id"]] = key
+        coco.append({"id": s["id"], "category_id": key, "iscrowd": 0})
+    ids = pan.cpu().numpy().astype(np.int64)
+    areas = np.bincount(ids.ravel(), minlength=lut.size)
+    for seg in coco:
+        seg["area"] = int(areas[seg["id"]])
+    return lut[ids], coco
+
+
+def compare_panoptic(ours: Sequence[tuple], ref: Sequence[tuple]) -> dict[str, float]:
+    """Pixel agreement of the segment category/isthing and PQ (x100) of `ours` with `ref`
+    (Detectron2's output) as ground truth, over all images."""
+    from .evaluation import PQStats, image_pq_stats, summarize_pq
+
+    stats = PQStats()
+    agree = total = 0
+    categories: dict[int, dict] = {}
+    for (pan_o, seg_o), (pan_r, seg_r) in zip(ours, ref, strict=True):
+        cat_o, coco_o = _category_map(pan_o, seg_o)
+        cat_r, coco_r = _category_map(pan_r, seg_r)
+        agree += int((cat_o == cat_r).sum())
+        total += cat_o.size
+        for s in coco_o + coco_r:
+            categories[s["category_id"]] = {"isthing": int(s["category_id"] < 100000)}
+        stats.merge(image_pq_stats(pan_r.cpu().numpy(), coco_r, pan_o.cpu().numpy(), coco_o,
+                                   categories))
+    pq = summarize_pq(stats, categories)
+    return {
+        "pixel_agreement": agree / max(total, 1),
+        "pq": 100.0 * pq["All"]["pq"],
+        "pq_things": 100.0 * pq["Things"]["pq"],
+        "pq_stuff": 100.0 * pq["Stuff"]["pq"],
+        "segments_ours": sum(len(s) for _, s in ours),
+        "segments_detectron2": sum(len(s) for _, s in ref),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_benchmark(
+    cfg: CfgNode,
+    num_images: int = 3,
+    size: tuple[int, int] = (800, 1333),
+    warmup: int = 1,
+    seed: int = 0,
+    outputs: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Time both models on the same images, alternating which goes first, and compare their
+    panoptic outputs. `outputs` is passed to our model's inference (e.g. ("panoptic_seg",))."""
+    ours, d2, weights = build_models(cfg, seed)
+    images, image_source = load_images(cfg, num_images, size, seed)
+    device = ours.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timer = StageTimer(sync)
+
+    def run(model: torch.nn.Module, image: torch.Tensor) -> tuple[float, dict, Any]:
+        inp = [{"image": image, "height": size[0], "width": size[1]}]
+        timer.reset()
+        with torch.no_grad(), instrument(model, timer):
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            if model is ours and outputs is not None:
+                out = model.inference(inp, outputs=outputs)
+            else:
+                out = model(inp)
+            if sync:
+                sync()
+            total = time.perf_counter() - t0
+        stages = dict(timer.times)
+        stages["other"] = total - sum(stages.values())
+        return total, stages, out[0]
+
+    for k in range(warmup):
+        for model in (d2, ours):
+            run(model, images[k % len(images)])
+
+    results: dict[str, dict[str, list]] = {n: {"total": [], "stages": []} for n in ("ours", "d2")}
+    pans: dict[str, list] = {"ours": [], "d2": []}
+    instances = []
+    for k, image in enumerate(images):
+        order = (("d2", d2), ("ours", ours)) if k % 2 == 0 else (("ours", ours), ("d2", d2))
+        for name, model in order:
+            total, stages, out = run(model, image)
+            results[name]["total"].append(total)
+            results[name]["stages"].append(stages)
+            pans[name].append(out["panoptic_seg"])
+            if name == "d2":
+                instances.append(len(out["instances"]))
+
+    report: dict[str, Any] = {
+        "weights": weights,
+        "images": image_source,
+        "num_images": num_images,
+        "size": list(size),
+        "precision": cfg.TEST.PRECISION,
+        "fast_inference": bool(cfg.MODEL.PANOPTIC_EXT.FAST_INFERENCE),
+        "channels_last": bool(cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST),
+        "outputs": list(outputs or cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "detections_per_image": instances,
+        "things_in_panoptic_d2": [sum(s["isthing"] for s in segs) for _, segs in pans["d2"]],
+    }
+    for name in ("d2", "ours"):
+        r = results[name]
+        report[name] = {
+            "total": _summary(r["total"]),
+            "stages": {s: statistics.median(st.get(s, 0.0) for st in r["stages"])
+                       for s in STAGES},
+        }
+    report["ratio_median"] = report["ours"]["total"]["median"] / report["d2"]["total"]["median"]
+    report["ratio_per_image"] = [o / d for o, d in
+                                 zip(results["ours"]["total"], results["d2"]["total"],
+                                     strict=True)]
+    report["agreement"] = compare_panoptic(pans["ours"], pans["d2"])
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Plain-text table of a `run_benchmark` report."""
+    lines = [
+        f"weights: {report['weights']}",
+        f"images: {report['num_images']} x {report['size'][0]}x{report['size'][1]} "
+        f"({report['images']}), device {report['device']}, {report['threads']} threads",
+        f"ours: precision {report['precision']}, fast_inference {report['fast_inference']}, "
+        f"channels_last {report['channels_last']}, outputs {report['outputs']}",
+        f"detections per image (Detectron2): {report['detections_per_image']}; "
+        f"thing segments in its panoptic output: {report['things_in_panoptic_d2']}",
+        "",
+        f"{'stage (median, ms)':<26}{'Detectron2':>12}{'ours':>12}{'ratio':>8}",
+    ]
+    for s in STAGES:
+        a = report["d2"]["stages"][s] * 1000
+        b = report["ours"]["stages"][s] * 1000
+        ratio = f"{b / a:8.2f}" if a > 0.05 else f"{'-':>8}"
+        lines.append(f"{s:<26}{a:12.1f}{b:12.1f}{ratio}")
+    for stat in ("median", "min", "max"):
+        a = report["d2"]["total"][stat] * 1000
+        b = report["ours"]["total"][stat] * 1000
+        lines.append(f"{'end-to-end ' + stat:<26}{a:12.1f}{b:12.1f}{b / a:8.2f}")
+    ag = report["agreement"]
+    lines += [
+        "",
+        f"ratio ours/Detectron2 (median of totals): {report['ratio_median']:.3f}; per image: "
+        + ", ".join(f"{r:.3f}" for r in report["ratio_per_image"]),
+        f"panoptic agreement with Detectron2: pixels {100 * ag['pixel_agreement']:.3f}%, "
+        f"PQ {ag['pq']:.2f} (things {ag['pq_things']:.2f}, stuff {ag['pq_stuff']:.2f}), "
+        f"segments {ag['segments_ours']} vs {ag['segments_detectron2']}",
+    ]
+    return "\n".join(lines)

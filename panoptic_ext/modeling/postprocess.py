@@ -1,0 +1,290 @@
+"""Inference post-processing that gives Detectron2's panoptic result with less work.
+
+Detectron2 upsamples every semantic class logit to full resolution (twice when the output size
+differs from the input size) only to take an argmax. `semantic_argmax` gets the same labels from
+the 1/4-scale logits: a class can win at a pixel only if its largest source logit around the
+pixel reaches the largest smallest one of any class, because bilinear interpolation is a convex
+combination of those source values. Most pixels keep a single candidate; the rest are
+evaluated for their candidate classes only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+__all__ = [
+    "intra_op_threads",
+    "semantic_argmax",
+    "semantic_argmax_stats",
+    "semantic_logits",
+]
+
+# Counters for tests and the benchmark: how often the exact fallback ran.
+semantic_argmax_stats = {"calls": 0, "fallbacks": 0}
+
+_SLACK = 1e-4  # source coordinates this close to an integer may round either way
+
+
+def semantic_logits(
+    logits: torch.Tensor, scale: float, image_size: tuple[int, int], out_size: tuple[int, int]
+) -> torch.Tensor:
+    """(C, H, W) logits exactly as Detectron2's head upsampling + `sem_seg_postprocess` give them,
+    minus the second resize when the output size is the input size (it would copy the values).
+
+    `logits` are the head's 1/`scale` outputs for one (padded) image.
+    """
+    up = F.interpolate(logits[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
+    if tuple(out_size) == tuple(image_size):
+        return up[:, : image_size[0], : image_size[1]].contiguous()
+    return sem_seg_postprocess(up, image_size, out_size[0], out_size[1])
+
+
+def _source_index(dst: np.ndarray, ratio: np.float32, in_size: int):
+    """Bilinear (align_corners=False) source indices and weights as PyTorch's CPU kernel computes
+    them (float32, the coordinate with one fused multiply-add: checked against its weights in
+    the tests), and the lowest / highest index any other rounding of the coordinate could give.
+    """
+    # float32 * float32 is exact in float64, so this rounds once, as an FMA does
+    src32 = (np.float64(ratio) * (dst + 0.5) - 0.5).astype(np.float32)
+    src32 = np.maximum(src32, np.float32(0.0))
+    i0 = src32.astype(np.int64)
+    i1 = i0 + (i0 < in_size - 1)
+    w1 = src32 - i0.astype(np.float32)
+    w0 = np.float32(1.0) - w1
+    src64 = np.maximum(float(ratio) * (dst + 0.5) - 0.5, 0.0)
+    lo = np.minimum(i0, np.floor(np.maximum(src64 - _SLACK, 0.0)).astype(np.int64))
+    hi_base = np.maximum(i0, np.floor(src64 + _SLACK).astype(np.int64))
+    hi = np.minimum(hi_base + 1, in_size - 1)
+    return i0, i1, w0, w1, lo, hi
+
+
+def _taps(out_len: int, img_len: int, src_len: int, scale: float):
+    """Along one axis: for each output position, the source positions and float64 weights it
+    blends through both resizes (x`scale` of the padded map, crop, then `img_len` -> `out_len`),
+    and the lowest / highest source position rounding could involve."""
+    ratio1 = np.float32(1.0 / scale)
+    dst = np.arange(out_len)
+    if out_len == img_len:  # Detectron2's second resize keeps every value: one stage
+        i0, i1, w0, w1, lo, hi = _source_index(dst, ratio1, src_len)
+        return np.stack([i0, i1], 1), np.stack([w0, w1], 1).astype(np.float64), lo, hi
+    ratio2 = np.float32(img_len) / np.float32(out_len)
+    j0, j1, m0, m1, jlo, jhi = _source_index(dst, ratio2, img_len)
+    p0, p1, l0, l1 = _source_index(j0, ratio1, src_len)[:4]
+    q0, q1, k0, k1 = _source_index(j1, ratio1, src_len)[:4]
+    m0, m1 = m0.astype(np.float64), m1.astype(np.float64)
+    idx = np.stack([p0, p1, q0, q1], 1)
+    wts = np.stack([m0 * l0, m0 * l1, m1 * k0, m1 * k1], 1)
+    lo = _source_index(jlo, ratio1, src_len)[4]
+    hi = _source_index(jhi, ratio1, src_len)[5]
+    return idx, wts, lo, hi
+
+
+class _Axis:
+    """One axis of the output grid, grouped by anchor source cell.
+
+    Output position p blends source positions lo[p] .. lo[p] + k - 1. The positions anchored
+    at a cell form a contiguous run (lo is monotonic), cut into groups of at most `size`
+    (the usual run length; a longer run, e.g. at the border, takes several groups). Group g:
+    positions pos[g] (valid[g]) and their weights over its cell's window, weights[g] (size, k);
+    cell i owns groups first[i] .. first[i] + count[i] - 1 (none when no position anchors
+    there, as when downscaling).
+    """
+
+    def __init__(self, out_len: int, img_len: int, src_len: int, scale: float):
+        idx, wts, lo, hi = _taps(out_len, img_len, src_len, scale)
+        self.lo = lo
+        self.k = int((hi - lo).max()) + 1
+        dense = np.zeros((out_len, self.k), dtype=np.float64)
+        for t in range(idx.shape[1]):
+            np.add.at(dense, (np.arange(out_len), idx[:, t] - lo), wts[:, t])
+        cells = np.arange(src_len)
+        start = np.searchsorted(lo, cells, side="left")
+        run = np.searchsorted(lo, cells, side="right") - start
+        size = max(int(np.bincount(run[run > 0]).argmax()), 1)
+        count = -(-run // size)  # groups per cell
+        first = np.cumsum(count) - count
+        owner = np.repeat(cells, count)
+        offset = start[owner] + (np.arange(owner.size) - first[owner]) * size
+        slot = offset[:, None] + np.arange(size)[None, :]
+        valid = slot < (start + run)[owner][:, None]
+        pos = np.where(valid, slot, 0)
+        self.size = size
+        self.first, self.count = first, count
+        self.pos, self.valid = pos, valid
+        self.weights = np.where(valid[:, :, None], dense[pos], 0.0)
+
+
+def _window(x: torch.Tensor, kh: int, kw: int, op: Callable) -> torch.Tensor:
+    """`op` (torch.maximum / torch.minimum) of x over the kh x kw window whose top-left corner
+    is each position of the last two dims, cut at the border."""
+    for dim, k in ((-2, kh), (-1, kw)):
+        n = x.shape[dim]
+        out = x.clone()
+        for d in range(1, min(k, n)):
+            op(out.narrow(dim, 0, n - d), x.narrow(dim, d, n - d), out=out.narrow(dim, 0, n - d))
+        x = out
+    return x
+
+
+_MAX_AMBIGUOUS = 0.25  # fraction of cells to evaluate beyond which the full path is cheaper
+_CHUNK_ELEMS = 1 << 24  # bound on per-chunk work tensors (classes x cells x block)
+
+
+def semantic_argmax(
+    logits: torch.Tensor,
+    scale: float,
+    image_size: tuple[int, int],
+    out_size: tuple[int, int],
+    full: torch.Tensor | None = None,
+    threads: int = 0,
+) -> torch.Tensor:
+    """(H, W) int64 labels equal to `semantic_logits(...).argmax(0)`, without upsampling every
+    class to full size.
+
+    1. Output pixels are grouped by the source cell their (kh x kw) source window starts at.
+       Where one class is the largest at every source position of the window, and its
+       smallest value there beats every other class's largest (by more than a rounding
+       margin), it wins at every pixel of the group: bilinear values are convex combinations
+       of the window's values.
+    2. Elsewhere, the classes that can win (max over the window reaching the best min) are
+       evaluated in float64 with the kernel's own weights, for those pixels only.
+    3. Where the two best are within float32 rounding of each other, the full computation
+       decides instead, so ties and near-ties resolve exactly as in Detectron2. It also runs
+       when classes compete in over a quarter of the cells (e.g. random weights): then it is
+       the cheaper way.
+
+    `full`: the full-size logits when they exist anyway (the result then equals their argmax;
+    computing it this way is still cheaper than an argmax over all classes).
+    `threads`: intra-op threads for steps 1-2 (0: unchanged); the full computation always
+    runs with the caller's setting, as Detectron2's does.
+    """
+    semantic_argmax_stats["calls"] += 1
+    with intra_op_threads(threads):
+        labels = _pruned_argmax(logits, scale, image_size, out_size)
+    if labels is None:
+        semantic_argmax_stats["fallbacks"] += 1
+        if full is None:
+            full = semantic_logits(logits.float(), scale, image_size, out_size)
+        labels = full.argmax(dim=0)
+    return labels
+
+
+def _pruned_argmax(
+    logits: torch.Tensor, scale: float, image_size: tuple[int, int], out_size: tuple[int, int]
+) -> torch.Tensor | None:
+    """Steps 1-2 of `semantic_argmax`; None where step 3 must decide."""
+    c, h, w = logits.shape
+    out_h, out_w = int(out_size[0]), int(out_size[1])
+    x = logits.float()
+    if c == 1:
+        return torch.zeros((out_h, out_w), dtype=torch.int64, device=x.device)
+    top2, top_cls = x.topk(2, dim=0)
+    amax = torch.maximum(top2[0].abs().amax(), x.amin().abs())
+    if not bool(torch.isfinite(amax)):
+        return None
+
+    dev = x.device
+    rows = _Axis(out_h, int(image_size[0]), h, scale)
+    cols = _Axis(out_w, int(image_size[1]), w, scale)
+    kh, kw = rows.k, cols.k
+    # far above the float32 rounding of a (two-stage) bilinear blend
+    margin = amax * 2.0**-20
+    best = top_cls[0]
+    single = (_window(best, kh, kw, torch.maximum) == _window(best, kh, kw, torch.minimum)) & (
+        _window(top2[0], kh, kw, torch.minimum) >= _window(top2[1], kh, kw, torch.maximum) + margin
+    )
+    labels = best.index_select(0, torch.from_numpy(rows.lo).to(dev))
+    labels = labels.index_select(1, torch.from_numpy(cols.lo).to(dev))
+    cell_y, cell_x = (~single).nonzero(as_tuple=True)
+    if cell_y.numel() == 0:
+        return labels
+    if cell_y.numel() > _MAX_AMBIGUOUS * h * w:
+        return None  # classes compete almost everywhere: the full computation is cheaper
+
+    # float32 blends of values bounded by `mag` err by at most ~1.5 ulps of `mag` per resize;
+    # a gap within twice the total may go either way
+    one_stage = (out_h, out_w) == (int(image_size[0]), int(image_size[1]))
+    tol = 2.0**-21 if one_stage else 2.0**-20
+    (r_first, r_count, r_pos, r_valid, r_wts), (c_first, c_count, c_pos, c_valid, c_wts) = (
+        [torch.from_numpy(v).to(dev) for v in (a.first, a.count, a.pos, a.valid, a.weights)]
+        for a in (rows, cols)
+    )
+    dy = torch.arange(kh, device=dev)
+    dx = torch.arange(kw, device=dev)
+    block = rows.size * cols.size
+    step = max(1, _CHUNK_ELEMS // (c * max(kh * kw, block)))
+    for s in range(0, cell_y.numel(), step):
+        cy, cx = cell_y[s : s + step], cell_x[s : s + step]
+        n = cy.numel()
+        ys = (cy[:, None] + dy).clamp_(max=h - 1)  # positions past the border weigh 0
+        xs = (cx[:, None] + dx).clamp_(max=w - 1)
+        patch = x[:, ys[:, :, None], xs[:, None, :]]  # (C, n, kh, kw)
+        hi = patch.amax(dim=(2, 3))
+        lo = patch.amin(dim=(2, 3))
+        cand = hi >= lo.amax(dim=0) - margin  # (C, n)
+        count = cand.sum(dim=0)
+        kmax = int(count.max())
+        # (cell, class) pairs, cell-major, classes ascending within a cell
+        pair_cell, pair_cls = cand.t().nonzero(as_tuple=True)
+        pair_start = count.cumsum(0) - count
+        rank = torch.arange(pair_cell.numel(), device=dev) - pair_start[pair_cell]
+        classes = torch.zeros((n, kmax), dtype=torch.int64, device=dev)
+        classes[pair_cell, rank] = pair_cls
+        mag = torch.zeros(n, dtype=torch.float64, device=dev).scatter_reduce_(
+            0, pair_cell, torch.maximum(hi, -lo)[pair_cls, pair_cell].double(), "amax")
+        # work items: (cell, row group, column group) for every group pair of the cell
+        per_cell = r_count[cy] * c_count[cx]
+        item_cell = torch.repeat_interleave(torch.arange(n, device=dev), per_cell)
+        local = torch.arange(item_cell.numel(), device=dev) - (
+            per_cell.cumsum(0) - per_cell)[item_cell]
+        ncol = c_count[cx][item_cell]
+        gy = r_first[cy][item_cell] + torch.div(local, ncol, rounding_mode="floor")
+        gx = c_first[cx][item_cell] + local % ncol
+        # (item, candidate) pairs: each item evaluates its cell's candidates
+        item_count = count[item_cell]
+        item_of = torch.repeat_interleave(torch.arange(item_cell.numel(), device=dev),
+                                          item_count)
+        item_rank = torch.arange(item_of.numel(), device=dev) - (
+            item_count.cumsum(0) - item_count)[item_of]
+        pair = pair_start[item_cell][item_of] + item_rank
+        vals = torch.einsum("pak,pkl,pbl->pab", r_wts[gy[item_of]],
+                            patch[pair_cls[pair], pair_cell[pair]].double(),
+                            c_wts[gx[item_of]])
+        table = torch.full((item_cell.numel(), kmax, block), -float("inf"),
+                           dtype=torch.float64, device=dev)
+        table[item_of, item_rank] = vals.flatten(1)
+        table = table.transpose(1, 2)  # (items, block, kmax)
+        top, arg = table.max(dim=2)
+        table.scatter_(2, arg[:, :, None], -float("inf"))
+        gap = top - table.amax(dim=2)
+        valid = (r_valid[gy][:, :, None] & c_valid[gx][:, None, :]).flatten(1)
+        if bool(((gap <= mag[item_cell][:, None] * tol) & valid).any()):
+            return None
+        win = classes[item_cell].gather(1, arg)
+        oy = r_pos[gy][:, :, None].expand(-1, -1, cols.size).flatten(1)
+        ox = c_pos[gx][:, None, :].expand(-1, rows.size, -1).flatten(1)
+        labels[oy[valid], ox[valid]] = win[valid]
+    return labels
+
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Temporarily run torch CPU ops on `threads` threads (0: leave as is). Post-processing is
+    many small ops; on a shared CPU, handing each to a second thread costs more than it saves.
+    """
+    old = torch.get_num_threads()
+    if threads <= 0 or threads == old:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

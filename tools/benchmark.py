@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Time PanopticFPNExt against Detectron2's PanopticFPN on the same images, side by side.
+
+    python tools/benchmark.py --num-images 3 --size 800x1333 \
+        --config-file configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml MODEL.DEVICE cpu
+    python tools/benchmark.py --config-file configs/Synthetic/panoptic_fpn_R_50.yaml \
+        MODEL.WEIGHTS /tmp/run400/model_final.pth TEST.PRECISION bf16 --outputs panoptic_seg
+
+Prints per-stage and end-to-end latency of both, their ratio, and the agreement of our
+panoptic output with Detectron2's. The logic lives in ``panoptic_ext.benchmark``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from panoptic_ext.benchmark import format_report, run_benchmark, setup_cfg
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 800x1333, got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="%(prog)s --config-file FILE [options] "
+        "[KEY VALUE ...]")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--num-images", type=int, default=3, help="timed images (>= 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each model first")
+    parser.add_argument("--size", type=_size, default=(800, 1333), help="HxW of the inputs")
+    parser.add_argument("--outputs", nargs="+", default=None,
+                        choices=["instances", "sem_seg", "panoptic_seg"],
+                        help="what our model returns (default: MODEL.PANOPTIC_EXT."
+                             "INFERENCE_OUTPUTS); Detectron2 always returns all three")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args, opts = parser.parse_known_args(argv)
+    unknown = [o for o in opts if o.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.num_images < 1:
+        parser.error("--num-images must be >= 1")
+    if len(opts) % 2:
+        parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
+
+    cfg = setup_cfg(args.config_file, opts)
+    report = run_benchmark(cfg, num_images=args.num_images, size=args.size, warmup=args.warmup,
+                           seed=args.seed, outputs=args.outputs)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
