@@ -18,6 +18,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from panoptic_ext import add_panoptic_config
+from panoptic_ext.cli import parse_args_and_overrides
 from panoptic_ext.export import export_torchscript
 
 
@@ -28,12 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the export")
     parser.add_argument("--sample-image", metavar="IMG", help="image to trace and check with")
-    args, opts = parser.parse_known_args(argv)
-    unknown = [o for o in opts if o.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if len(opts) % 2:
-        parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
+    args, opts = parse_args_and_overrides(parser, argv)
     setup_logger(name="panoptic_ext")
     cfg = add_panoptic_config(get_cfg())
     cfg.merge_from_file(args.config_file)

@@ -20,6 +20,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from panoptic_ext import add_panoptic_config
+from panoptic_ext.cli import parse_args_and_overrides
 from panoptic_ext.tune import format_results, tune_combine, write_tuned_yaml
 
 
@@ -49,12 +50,7 @@ def main(argv=None) -> int:
                         help="INSTANCES_CONFIDENCE_THRESH values (default 0.2,0.3,..,0.7)")
     parser.add_argument("--max-images", type=int, help="use only the first N images")
     parser.add_argument("--top", type=int, help="print only the N best settings")
-    args, opts = parser.parse_known_args(argv)
-    unknown = [o for o in opts if o.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if len(opts) % 2:
-        parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
+    args, opts = parse_args_and_overrides(parser, argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error("--max-images must be >= 1")
 

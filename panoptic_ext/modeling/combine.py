@@ -313,13 +313,7 @@ class HeuristicCombine:
         else:
             masks = torch.zeros((len(instances), *sem_labels.shape), dtype=torch.bool)
         return combine_panoptic(
-            instances.scores,
-            instances.pred_classes,
-            masks,
-            sem_labels,
-            overlap_thresh=self.overlap_thresh,
-            stuff_area_thresh=self.stuff_area_thresh,
-            score_thresh=self.score_thresh,
+            instances.scores, instances.pred_classes, masks, sem_labels, **self._thresholds()
         )
 
     def combine_crops(
@@ -328,14 +322,15 @@ class HeuristicCombine:
         """As calling it, with masks given as crops and needed only for instances scoring at
         least `score_thresh` (see `combine_panoptic_crops`)."""
         return combine_panoptic_crops(
-            instances.scores,
-            instances.pred_classes,
-            crops,
-            sem_labels,
-            overlap_thresh=self.overlap_thresh,
-            stuff_area_thresh=self.stuff_area_thresh,
-            score_thresh=self.score_thresh,
+            instances.scores, instances.pred_classes, crops, sem_labels, **self._thresholds()
         )
+
+    def _thresholds(self) -> dict:
+        return {
+            "overlap_thresh": self.overlap_thresh,
+            "stuff_area_thresh": self.stuff_area_thresh,
+            "score_thresh": self.score_thresh,
+        }
 
 
 def build_combine(cfg):
