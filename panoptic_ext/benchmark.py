@@ -35,6 +35,8 @@ __all__ = [
     "setup_cfg",
     "run_benchmark",
     "format_report",
+    "run_combine_benchmark",
+    "format_combine_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -416,4 +418,108 @@ def format_report(report: dict[str, Any]) -> str:
         f"PQ {ag['pq']:.2f} (things {ag['pq_things']:.2f}, stuff {ag['pq_stuff']:.2f}), "
         f"segments {ag['segments_ours']} vs {ag['segments_detectron2']}",
     ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The merge alone
+# ----------------------------------------------------------------------------------------------
+
+
+def _combine_case(num: int, size: tuple[int, int], num_stuff: int, gen: torch.Generator):
+    """Detector-like instances (boxes of varied size, filled ellipses, overlapping) and a
+    blocky semantic map, as the merge sees them after pasting."""
+    from detectron2.structures import Boxes, Instances
+
+    h, w = size
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    masks = torch.zeros((num, h, w), dtype=torch.bool)
+    boxes = torch.zeros((num, 4))
+    for i in range(num):
+        bh = int(torch.randint(h // 16, h // 2, (1,), generator=gen))
+        bw = int(torch.randint(w // 16, w // 2, (1,), generator=gen))
+        y0 = int(torch.randint(0, h - bh, (1,), generator=gen))
+        x0 = int(torch.randint(0, w - bw, (1,), generator=gen))
+        cy, cx = y0 + bh / 2, x0 + bw / 2
+        masks[i] = ((ys - cy) / (bh / 2)) ** 2 + ((xs - cx) / (bw / 2)) ** 2 <= 1
+        boxes[i] = torch.tensor([x0, y0, x0 + bw, y0 + bh])
+    inst = Instances((h, w))
+    inst.scores = torch.rand(num, generator=gen)
+    inst.pred_classes = torch.randint(0, 80, (num,), generator=gen)
+    inst.pred_boxes = Boxes(boxes)
+    inst.pred_masks = masks
+    cell = 32
+    sem = torch.randint(0, num_stuff + 1, (-(-h // cell), -(-w // cell)), generator=gen)
+    sem = sem.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:h, :w].contiguous()
+    return inst, sem
+
+
+def run_combine_benchmark(
+    instance_counts: Sequence[int] = (10, 50, 100),
+    size: tuple[int, int] = (800, 1333),
+    device: str = "cpu",
+    repeats: int = 5,
+    seed: int = 0,
+    num_stuff: int = 53,
+) -> list[dict[str, Any]]:
+    """The merge alone: Detectron2's `combine_semantic_and_instance_outputs` against our
+    `HeuristicCombine` (full-size masks, as with all outputs requested), same inputs, median
+    of `repeats` alternating runs, and whether the outputs are identical."""
+    from .modeling.combine import HeuristicCombine
+
+    thresholds = {"overlap_thresh": 0.5, "stuff_area_thresh": 4096, "score_thresh": 0.0}
+    ours = HeuristicCombine(**thresholds)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows = []
+    for num in instance_counts:
+        inst, sem = _combine_case(num, size, num_stuff, torch.Generator().manual_seed(seed + num))
+        inst, sem = inst.to(dev), sem.to(dev)
+
+        def d2_merge(inst=inst, sem=sem):
+            return d2_panoptic_fpn.combine_semantic_and_instance_outputs(
+                inst, sem, thresholds["overlap_thresh"], thresholds["stuff_area_thresh"],
+                thresholds["score_thresh"])
+
+        def our_merge(inst=inst, sem=sem):
+            return ours(inst, sem)
+
+        times: dict[str, list[float]] = {"d2": [], "ours": []}
+        outs = {}
+        for k in range(repeats + 1):  # the first round warms up
+            for name, fn in (("d2", d2_merge), ("ours", our_merge))[:: 1 if k % 2 else -1]:
+                sync()
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                sync()
+                if k:
+                    times[name].append(time.perf_counter() - t0)
+        d2_ms = statistics.median(times["d2"]) * 1000
+        our_ms = statistics.median(times["ours"]) * 1000
+        rows.append({
+            "instances": num,
+            "thing_segments": sum(s["isthing"] for s in outs["d2"][1]),
+            "d2_ms": d2_ms,
+            "ours_ms": our_ms,
+            "speedup": d2_ms / our_ms,
+            "identical": bool(torch.equal(outs["d2"][0], outs["ours"][0])
+                              and outs["d2"][1] == outs["ours"][1]),
+            "size": list(size),
+            "device": str(dev),
+        })
+    return rows
+
+
+def format_combine_report(rows: Sequence[dict[str, Any]]) -> str:
+    """Plain-text table of `run_combine_benchmark` rows."""
+    if not rows:
+        return ""
+    lines = [f"merge alone, {rows[0]['size'][0]}x{rows[0]['size'][1]}, device {rows[0]['device']}"
+             f", {torch.get_num_threads()} threads (median ms)",
+             f"{'instances':>10}{'kept':>6}{'Detectron2':>12}{'ours':>10}{'speedup':>9}"
+             f"{'identical':>11}"]
+    for r in rows:
+        lines.append(f"{r['instances']:>10}{r['thing_segments']:>6}{r['d2_ms']:>12.2f}"
+                     f"{r['ours_ms']:>10.2f}{r['speedup']:>9.1f}{str(r['identical']):>11}")
     return "\n".join(lines)

@@ -41,3 +41,25 @@ def test_compare_panoptic_counts_disagreement():
     got = compare_panoptic([(other, segs)], [(pan, segs)])
     assert got["pixel_agreement"] == pytest.approx(6 / 8)
     assert 0 < got["pq"] < 100
+
+
+def test_combine_only_benchmark_reports_identical_merges(capsys):
+    import importlib.util
+
+    from panoptic_ext.benchmark import format_combine_report, run_combine_benchmark
+
+    rows = run_combine_benchmark((0, 3, 25), size=(96, 128), repeats=1, num_stuff=6)
+    assert [r["instances"] for r in rows] == [0, 3, 25]
+    assert all(r["identical"] for r in rows)
+    assert rows[2]["thing_segments"] > 0 and rows[2]["d2_ms"] > 0 and rows[2]["ours_ms"] > 0
+    assert "speedup" in format_combine_report(rows)
+
+    path = os.path.join(os.path.dirname(CONFIGS), "tools", "benchmark.py")
+    spec = importlib.util.spec_from_file_location("bench_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = os.path.join(CONFIGS, "Synthetic", "panoptic_fpn_R_50.yaml")
+    assert tool.main(["--config-file", cfg, "--combine-only", "4", "--repeats", "1",
+                      "--size", "64x80", "--json", "MODEL.DEVICE", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["instances"] == 4 and out[0]["identical"] is True

@@ -13,7 +13,7 @@ from detectron2.structures import Instances
 
 from panoptic_ext import add_panoptic_config
 from panoptic_ext.modeling import combine_panoptic, combine_panoptic_crops
-from panoptic_ext.modeling.combine import _tight_crops_numpy, _tight_crops_torch
+from panoptic_ext.modeling.combine import _crops_numpy
 from panoptic_ext.modeling.postprocess import (
     _source_index,
     semantic_argmax,
@@ -119,17 +119,21 @@ def test_combine_identical_at_many_instances():
         # masks as crops, only for instances the merge reads
         order = [i for i in range(n) if float(scores[i]) >= thresh]
         crops = [None] * n
-        for i, crop in zip(order, _tight_crops_numpy(masks.numpy(), order), strict=True):
+        for i, crop in zip(order, _crops_numpy(masks.numpy(), order), strict=True):
             crops[i] = crop
         got = combine_panoptic_crops(scores, classes, crops, sem, **kw)
         assert torch.equal(got[0], ref[0]) and got[1] == ref[1]
-    # the accelerator helper finds the same boxes (run here on CPU tensors)
-    order = list(range(n))
-    for a, b in zip(_tight_crops_numpy(masks.numpy(), order), _tight_crops_torch(masks, order),
-                    strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert a[:2] == b[:2] and np.array_equal(a[2], b[2].numpy())
+        # box hints: the pasting boxes, boxes too small for their masks (the exact fallback
+        # must catch it), and nonsense boxes all give Detectron2's result
+        ys, xs = masks.any(dim=2), masks.any(dim=1)
+        first = lambda a: a.float().argmax(dim=1).float()  # noqa: E731
+        last = lambda a: (a.shape[1] - a.flip(1).float().argmax(dim=1)).float()  # noqa: E731
+        exact = torch.stack([first(xs), first(ys), last(xs), last(ys)], dim=1)
+        shrunk = exact + torch.tensor([6.0, 6.0, -6.0, -6.0])
+        nonsense = torch.full_like(exact, float("nan"))
+        for boxes in (exact, shrunk, nonsense):
+            got = combine_panoptic(scores, classes, masks, sem, boxes=boxes, **kw)
+            assert torch.equal(got[0], ref[0]) and got[1] == ref[1]
 
 
 @pytest.fixture(scope="module")

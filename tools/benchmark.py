@@ -16,7 +16,13 @@ import argparse
 import json
 import sys
 
-from panoptic_ext.benchmark import format_report, run_benchmark, setup_cfg
+from panoptic_ext.benchmark import (
+    format_combine_report,
+    format_report,
+    run_benchmark,
+    run_combine_benchmark,
+    setup_cfg,
+)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -43,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
                              "INFERENCE_OUTPUTS); Detectron2 always returns all three")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--combine-only", type=int, nargs="+", metavar="N", default=None,
+                        help="time only the merge, Detectron2's against ours, at N instances "
+                             "(e.g. 10 50 100) on MODEL.DEVICE; needs no weights")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per N with "
+                        "--combine-only")
     args, opts = parser.parse_known_args(argv)
     unknown = [o for o in opts if o.startswith("--")]
     if unknown:
@@ -53,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
 
     cfg = setup_cfg(args.config_file, opts)
+    if args.combine_only:
+        if min(args.combine_only) < 0 or args.repeats < 1:
+            parser.error("--combine-only counts must be >= 0 and --repeats >= 1")
+        rows = run_combine_benchmark(args.combine_only, size=args.size,
+                                     device=cfg.MODEL.DEVICE, repeats=args.repeats,
+                                     seed=args.seed)
+        print(json.dumps(rows, indent=2) if args.json else format_combine_report(rows))
+        return 0
     report = run_benchmark(cfg, num_images=args.num_images, size=args.size, warmup=args.warmup,
                            seed=args.seed, outputs=args.outputs)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

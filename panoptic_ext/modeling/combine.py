@@ -33,39 +33,86 @@ SegmentsInfo = list[dict[str, Any]]
 Crop = tuple[int, int, Any]  # (y0, x0, boolean mask crop); None for an empty mask
 
 
-def _tight_crops_numpy(masks: np.ndarray, order: list[int]) -> Iterator[Crop | None]:
-    """Each listed mask cut to its bounding box, computed when the merge reaches it."""
+def _crops_numpy(
+    masks: np.ndarray, order: list[int], boxes: np.ndarray | None = None
+) -> Iterator[Crop | None]:
+    """Each listed mask cut to a box holding all of it, computed when the merge reaches it.
+
+    `boxes` (N, 4) x0, y0, x1, y1: where masks were pasted from boxes, a crop of the box (plus
+    a pixel of margin) is used once a count shows it holds every pixel of the mask; this reads
+    the full mask once instead of twice. Otherwise the tight box is computed.
+    """
+    h, w = masks.shape[1:]
     for inst in order:
-        cols = np.flatnonzero(masks[inst].any(axis=0))
+        full = masks[inst]
+        if boxes is not None:
+            x0, y0, x1, y1 = boxes[inst]
+            if np.isfinite(boxes[inst]).all():
+                x0, y0 = max(int(x0) - 1, 0), max(int(y0) - 1, 0)
+                x1, y1 = min(int(x1) + 2, w), min(int(y1) + 2, h)
+                total = np.count_nonzero(full)
+                if total == 0:
+                    yield None
+                    continue
+                if x1 > x0 and y1 > y0 and np.count_nonzero(full[y0:y1, x0:x1]) == total:
+                    yield y0, x0, full[y0:y1, x0:x1]
+                    continue
+        cols = np.flatnonzero(full.any(axis=0))
         if cols.size == 0:
             yield None
             continue
         x0, x1 = int(cols[0]), int(cols[-1]) + 1
-        rows = np.flatnonzero(masks[inst, :, x0:x1].any(axis=1))
+        rows = np.flatnonzero(full[:, x0:x1].any(axis=1))
         y0, y1 = int(rows[0]), int(rows[-1]) + 1
-        yield y0, x0, masks[inst, y0:y1, x0:x1]
+        yield y0, x0, full[y0:y1, x0:x1]
 
 
-def _tight_crops_torch(masks: torch.Tensor, order: list[int]) -> Iterator[Crop | None]:
-    """The same on an accelerator: all boxes in one batched pass and one transfer."""
+def _paste_things_batched(
+    order: list[int],
+    scores: list[float],
+    classes: list[int],
+    masks: torch.Tensor,
+    panoptic: torch.Tensor,
+    overlap_thresh: float,
+    segments: SegmentsInfo,
+) -> int:
+    """`_paste_things` as a few whole-tensor passes, for masks on an accelerator (a loop of small
+    per-instance ops there is bound by launching them).
+
+    Whether instance i is kept depends only on which earlier ones are: it is dropped when more
+    than `overlap_thresh` of it lies under earlier kept instances. Iterating "decide all from
+    the previous guess" therefore fixes at least one more instance per pass, and stops at the
+    sequential answer (usually after a few passes). Each pixel then belongs to the first kept
+    instance covering it, exactly the pixels the sequential merge gives that instance.
+    """
     if not order:
-        return
-    sel = masks[order]
-    h, w = sel.shape[1:]
-    rows, cols = sel.any(dim=2), sel.any(dim=1)
-    ar_h = torch.arange(h, device=sel.device)
-    ar_w = torch.arange(w, device=sel.device)
-    boxes = torch.stack(
-        [
-            torch.where(rows, ar_h, h).amin(dim=1),
-            torch.where(rows, ar_h + 1, 0).amax(dim=1),
-            torch.where(cols, ar_w, w).amin(dim=1),
-            torch.where(cols, ar_w + 1, 0).amax(dim=1),
-        ],
-        dim=1,
-    ).tolist()
-    for k, (y0, y1, x0, x1) in enumerate(boxes):
-        yield (y0, x0, sel[k, y0:y1, x0:x1]) if y1 > y0 else None
+        return 1
+    sel = masks[order]  # (K, H, W) bool, by decreasing score
+    k = sel.shape[0]
+    rank = torch.arange(k, device=sel.device)
+    areas = sel.flatten(1).sum(dim=1).double()
+    nonempty = areas > 0
+    kept = nonempty
+    for _ in range(k + 1):  # pass t settles instance t - 1 at the latest; one more confirms
+        covered = sel & kept[:, None, None]
+        # first kept instance at each pixel (argmax returns the first maximum), k if none
+        owner = torch.where(covered.any(dim=0), covered.to(torch.uint8).argmax(dim=0), k)
+        overlap = (sel & (owner[None] < rank[:, None, None])).flatten(1).sum(dim=1)
+        # as Detectron2's float64 `intersect * 1.0 / area > thresh` test, negated
+        new = nonempty & ~(overlap.double() / areas > overlap_thresh)
+        if torch.equal(new, kept):
+            break
+        kept = new
+    seg_ids = torch.cumsum(kept, 0).to(panoptic.dtype)
+    lut = torch.cat([seg_ids * kept, seg_ids.new_zeros(1)])  # owner k: no instance
+    panoptic.copy_(lut[owner])
+    next_id = 1
+    for j, keep in enumerate(kept.tolist()):
+        if keep:
+            segments.append({"id": next_id, "isthing": True, "score": scores[j],
+                             "category_id": classes[j], "instance_id": order[j]})
+            next_id += 1
+    return next_id
 
 
 def _paste_things(
@@ -200,6 +247,7 @@ def combine_panoptic(
     overlap_thresh: float = 0.5,
     stuff_area_thresh: float = 4096,
     score_thresh: float = 0.5,
+    boxes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SegmentsInfo]:
     """The Panoptic FPN heuristic merge.
 
@@ -214,22 +262,26 @@ def combine_panoptic(
         scores: (N,) instance scores. classes: (N,) contiguous thing ids.
         masks: (N, H, W) masks (bool, or anything where nonzero means inside, as Detectron2).
         sem_labels: (H, W) integer semantic labels (stuff contiguous ids, 0 = things).
+        boxes: optional (N, 4) XYXY boxes the masks were pasted in; only a speed hint (a mask
+            reaching outside its box is still handled exactly).
     """
     panoptic = torch.zeros_like(sem_labels, dtype=torch.int32)
     segments: SegmentsInfo = []
     order, kept_scores, kept_classes = _sorted_kept(scores, classes, score_thresh)
-    crops: Iterable[Crop | None] = ()
     if order:
         masks = masks.to(device=panoptic.device)
         if masks.dtype != torch.bool:
             masks = masks != 0
-        if panoptic.device.type == "cpu":
-            crops = _tight_crops_numpy(masks.contiguous().numpy(), order)
-        else:
-            crops = _tight_crops_torch(masks, order)
-    next_id = _paste_things(
-        order, kept_scores, kept_classes, crops, panoptic, overlap_thresh, segments
-    )
+    if panoptic.device.type == "cpu":
+        hint = None if boxes is None else boxes.detach().float().cpu().numpy()
+        crops = _crops_numpy(masks.contiguous().numpy(), order, hint) if order else ()
+        next_id = _paste_things(
+            order, kept_scores, kept_classes, crops, panoptic, overlap_thresh, segments
+        )
+    else:
+        next_id = _paste_things_batched(
+            order, kept_scores, kept_classes, masks, panoptic, overlap_thresh, segments
+        )
     _assign_stuff(panoptic, sem_labels.to(panoptic.device).long(), next_id, stuff_area_thresh,
                   segments)
     return panoptic, segments
@@ -312,8 +364,10 @@ class HeuristicCombine:
             masks = instances.pred_masks
         else:
             masks = torch.zeros((len(instances), *sem_labels.shape), dtype=torch.bool)
+        boxes = instances.pred_boxes.tensor if instances.has("pred_boxes") else None
         return combine_panoptic(
-            instances.scores, instances.pred_classes, masks, sem_labels, **self._thresholds()
+            instances.scores, instances.pred_classes, masks, sem_labels, boxes=boxes,
+            **self._thresholds()
         )
 
     def combine_crops(

@@ -157,7 +157,10 @@ class PanopticFPNExt(GeneralizedRCNN):
                 self._to_channels_last()
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.backbone(x)
-            fast_sem = self.fast_inference and hasattr(self.sem_seg_head, "layers")
+            # the pruned argmax and per-mask pasting pay on CPU; an accelerator is faster
+            # with Detectron2's full-size, batched computations (same results either way)
+            on_cpu = self.device.type == "cpu"
+            fast_sem = self.fast_inference and on_cpu and hasattr(self.sem_seg_head, "layers")
             if fast_sem:
                 with self._autocast():
                     sem_small = self.sem_seg_head.layers(features)
@@ -195,7 +198,7 @@ class PanopticFPNExt(GeneralizedRCNN):
             elif "panoptic_seg" in wanted:
                 labels = semantic_argmax(sem_small[i], stride, image_size, (height, width),
                                          threads=threads)
-            crops_ok = self.fast_inference and hasattr(self.combine, "combine_crops")
+            crops_ok = self.fast_inference and on_cpu and hasattr(self.combine, "combine_crops")
             with intra_op_threads(threads):  # many small ops; results do not depend on it
                 if "instances" in wanted or not crops_ok:
                     det_r = detector_postprocess(det, height, width)
