@@ -176,15 +176,22 @@ def _assign_stuff(
     (label, is-free) keys, instead of a sort (`unique`) and a full-image mask per label."""
     if labels.numel() == 0:
         return
-    if int(labels.min()) < 0:  # not an argmax map: take the per-label route
+    cpu = panoptic.device.type == "cpu"
+    lab = labels.numpy() if cpu else labels
+    if int(lab.min()) < 0:  # not an argmax map: take the per-label route
         _assign_stuff_slow(panoptic, labels, next_id, stuff_area_thresh, segments)
         return
-    cpu = panoptic.device.type == "cpu"
-    free = panoptic == 0
-    size = int(labels.max()) + 1
+    free = panoptic.numpy() == 0 if cpu else panoptic == 0
+    size = int(lab.max()) + 1
     if cpu:
-        counts = np.bincount((labels.numpy() * 2 + free.numpy()).ravel(), minlength=2 * size)
-        counts = counts.reshape(size, 2)
+        if size <= 128:  # (label, is-free) keys fit a byte: a smaller array to build and count
+            lab = lab.astype(np.uint8)
+            key = np.left_shift(lab, 1)
+            np.bitwise_or(key, free, out=key)
+        else:
+            key = lab * 2
+            key += free
+        counts = np.bincount(key.ravel(), minlength=2 * size).reshape(size, 2)
         present = np.flatnonzero(counts.sum(axis=1)).tolist()
         free_area = counts[:, 1].tolist()
     else:
@@ -204,7 +211,7 @@ def _assign_stuff(
     if not changed:
         return
     if cpu:
-        np.copyto(panoptic.numpy(), lut[labels.numpy()], where=free.numpy())
+        np.copyto(panoptic.numpy(), lut[lab], where=free)
     else:
         lut_t = torch.from_numpy(lut).to(panoptic.device)
         torch.where(free, lut_t[labels], panoptic, out=panoptic)
