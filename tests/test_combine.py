@@ -61,11 +61,23 @@ def test_identical_to_detectron2_random(seed):
     _assert_same_as_detectron2(scores, classes, masks, sem, overlap, area, score_t)
 
 
-@pytest.mark.parametrize("seed", range(0, 40, 3))
-def test_accelerator_merge_identical_to_detectron2(seed):
-    """The sync-free instance loop used for CUDA tensors, run here on CPU tensors."""
+def _batched_merge(scores, classes, masks, sem, overlap, area, score_t):
+    """combine_panoptic's steps with the accelerator instance merge, on CPU tensors."""
     from panoptic_ext.modeling import combine as combine_mod
 
+    order, kept_scores, kept_classes = combine_mod._sorted_kept(scores, classes, score_t)
+    pan = torch.zeros_like(sem, dtype=torch.int32)
+    segs: list = []
+    next_id = combine_mod._paste_things_batched(
+        order, kept_scores, kept_classes, masks, pan, overlap, segs
+    )
+    combine_mod._assign_stuff(pan, sem, next_id, area, segs)
+    return pan, segs
+
+
+@pytest.mark.parametrize("seed", range(0, 40, 3))
+def test_accelerator_merge_identical_to_detectron2(seed):
+    """The sync-free instance merge used for CUDA tensors, run here on CPU tensors."""
     gen = torch.Generator().manual_seed(seed)
     n = [0, 1, 5, 30, 80][seed % 5]
     scores, classes, masks, sem = _random_case(gen, n)
@@ -74,13 +86,7 @@ def test_accelerator_merge_identical_to_detectron2(seed):
     ref_pan, ref_segs = combine_semantic_and_instance_outputs(
         _instances(scores, classes, masks), sem, overlap, 64, score_t
     )
-    order, kept_scores, kept_classes = combine_mod._sorted_kept(scores, classes, score_t)
-    pan = torch.zeros_like(sem, dtype=torch.int32)
-    segs: list = []
-    next_id = combine_mod._paste_things_batched(
-        order, kept_scores, kept_classes, masks, pan, overlap, segs
-    )
-    combine_mod._assign_stuff(pan, sem, next_id, 64, segs)
+    pan, segs = _batched_merge(scores, classes, masks, sem, overlap, 64, score_t)
     assert torch.equal(pan, ref_pan)
     assert segs == ref_segs
 
@@ -88,8 +94,6 @@ def test_accelerator_merge_identical_to_detectron2(seed):
 def test_accelerator_merge_chain_of_overlaps():
     """Each instance covers half of the previous one: keep / drop alternates down the chain,
     the worst case for the batched merge's passes."""
-    from panoptic_ext.modeling import combine as combine_mod
-
     n, h, w = 12, 8, 2 * 12 + 2
     masks = torch.zeros(n, h, w, dtype=torch.bool)
     for i in range(n):
@@ -100,10 +104,7 @@ def test_accelerator_merge_chain_of_overlaps():
     ref_pan, ref_segs = combine_semantic_and_instance_outputs(
         _instances(scores, classes, masks), sem, 0.4, 0, 0.5
     )
-    order, kept_scores, kept_classes = combine_mod._sorted_kept(scores, classes, 0.5)
-    pan = torch.zeros_like(sem, dtype=torch.int32)
-    segs: list = []
-    combine_mod._paste_things_batched(order, kept_scores, kept_classes, masks, pan, 0.4, segs)
+    pan, segs = _batched_merge(scores, classes, masks, sem, 0.4, 0, 0.5)
     assert [s["instance_id"] for s in segs] == [s["instance_id"] for s in ref_segs]
     assert [s["instance_id"] for s in segs] == list(range(0, n, 2))
     assert torch.equal(pan, ref_pan)

@@ -43,20 +43,20 @@ def _crops_numpy(
     the full mask once instead of twice. Otherwise the tight box is computed.
     """
     h, w = masks.shape[1:]
+    usable = np.zeros(len(masks), dtype=bool) if boxes is None else np.isfinite(boxes).all(axis=1)
     for inst in order:
         full = masks[inst]
-        if boxes is not None:
+        if usable[inst]:
             x0, y0, x1, y1 = boxes[inst]
-            if np.isfinite(boxes[inst]).all():
-                x0, y0 = max(int(x0) - 1, 0), max(int(y0) - 1, 0)
-                x1, y1 = min(int(x1) + 2, w), min(int(y1) + 2, h)
-                total = np.count_nonzero(full)
-                if total == 0:
-                    yield None
-                    continue
-                if x1 > x0 and y1 > y0 and np.count_nonzero(full[y0:y1, x0:x1]) == total:
-                    yield y0, x0, full[y0:y1, x0:x1]
-                    continue
+            x0, y0 = max(int(x0) - 1, 0), max(int(y0) - 1, 0)
+            x1, y1 = min(int(x1) + 2, w), min(int(y1) + 2, h)
+            total = np.count_nonzero(full)
+            if total == 0:
+                yield None
+                continue
+            if x1 > x0 and y1 > y0 and np.count_nonzero(full[y0:y1, x0:x1]) == total:
+                yield y0, x0, full[y0:y1, x0:x1]
+                continue
         cols = np.flatnonzero(full.any(axis=0))
         if cols.size == 0:
             yield None
