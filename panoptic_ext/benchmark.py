@@ -378,6 +378,8 @@ def run_benchmark(
             "total": _summary(r["total"]),
             "stages": {s: statistics.median(st.get(s, 0.0) for st in r["stages"])
                        for s in STAGES},
+            "stage_summary": {s: _summary([st.get(s, 0.0) for st in r["stages"]])
+                              for s in STAGES},
         }
     report["ratio_median"] = report["ours"]["total"]["median"] / report["d2"]["total"]["median"]
     report["ratio_per_image"] = [o / d for o, d in
@@ -398,13 +400,19 @@ def format_report(report: dict[str, Any]) -> str:
         f"detections per image (Detectron2): {report['detections_per_image']}; "
         f"thing segments in its panoptic output: {report['things_in_panoptic_d2']}",
         "",
-        f"{'stage (median, ms)':<26}{'Detectron2':>12}{'ours':>12}{'ratio':>8}",
+        f"{'stage (median, ms)':<26}{'Detectron2':>12}{'ours':>12}{'ratio':>8}"
+        f"{'Detectron2 min-max':>22}{'ours min-max':>20}",
     ]
+
+    def span(name: str, stage: str) -> str:
+        st = report[name]["stage_summary"][stage]
+        return f"{st['min'] * 1000:.1f}-{st['max'] * 1000:.1f}"
+
     for s in STAGES:
         a = report["d2"]["stages"][s] * 1000
         b = report["ours"]["stages"][s] * 1000
         ratio = f"{b / a:8.2f}" if a > 0.05 else f"{'-':>8}"
-        lines.append(f"{s:<26}{a:12.1f}{b:12.1f}{ratio}")
+        lines.append(f"{s:<26}{a:12.1f}{b:12.1f}{ratio}{span('d2', s):>22}{span('ours', s):>20}")
     for stat in ("median", "min", "max"):
         a = report["d2"]["total"][stat] * 1000
         b = report["ours"]["total"][stat] * 1000

@@ -24,6 +24,8 @@ def test_side_by_side_on_a_small_input():
         assert set(report[name]["stages"]) == set(STAGES)
         assert report[name]["total"]["min"] <= report[name]["total"]["median"]
         assert report[name]["stages"]["backbone+FPN"] > 0
+        bb = report[name]["stage_summary"]["backbone+FPN"]
+        assert bb["min"] <= report[name]["stages"]["backbone+FPN"] <= bb["max"]
     assert report["ours"]["stages"]["combine"] > 0 and report["d2"]["stages"]["combine"] > 0
     assert report["agreement"]["pixel_agreement"] == 1.0
     assert report["agreement"]["pq"] == pytest.approx(100.0)
