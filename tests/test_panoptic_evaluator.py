@@ -225,6 +225,9 @@ def _distributed_worker(rank, world_size, root, init_file, result_file):
                 json.dump({"res": res, "images": evaluator.timing["images"]}, f)
         else:
             assert res is None
+        # tear down only once both ranks are done: a rank that leaves while the other still
+        # talks to it makes gloo abort the other process at exit
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
