@@ -1,35 +1,43 @@
-"""Data layer: synthetic dataset generator, COCO preparation, Detectron2 registration, and the
-bad-data guards used by training (validation pass, safe mapper, train loader).
+"""Data layer: dataset metadata and registration, the synthetic generator, COCO preparation,
+your own folders, and the bad-data guards used by training (validation pass, safe loader).
 
-Importing this package registers the synthetic datasets (see :mod:`.datasets`); your own
+Importing this package registers the synthetic datasets (see :mod:`.builtin`); your own
 COCO-panoptic folders are registered with :func:`register_panoptic_dataset` (see :mod:`.custom`).
+
+Modules: :mod:`.metadata` (category lists -> Detectron2 metadata and id maps), :mod:`.builtin`
+(registration), :mod:`.synthetic` (generator), :mod:`.coco_prep` (COCO stuff PNGs),
+:mod:`.custom` (your folders), :mod:`.validate` (validation pass), :mod:`.loader` (training
+loader). The file format itself is :mod:`panoptic_ext.formats`.
 """
 
-from .build import SkippedSamplesHook, build_train_loader, validate_cfg_datasets
-from .coco_prep import (
-    ConversionStats,
-    PanopticFormatError,
-    convert_panoptic_to_semantic,
-    default_datasets_root,
-    id_to_rgb,
-    prepare_coco_panoptic_fpn,
-    rgb_to_id,
-    semantic_label_map,
-)
+from ..formats import PanopticFormatError, id_to_rgb, rgb_to_id
+from .builtin import SYNTHETIC_DATASET_NAMES, register_panoptic, register_synthetic
+from .coco_prep import ConversionStats, convert_panoptic_to_semantic, prepare_coco_panoptic_fpn
 from .custom import (
     configure_panoptic_folders,
     prepare_panoptic_dataset,
     register_panoptic_dataset,
     register_panoptic_folders,
 )
-from .datasets import (
-    SYNTHETIC_DATASET_NAMES,
+from .loader import (
+    BadSampleError,
+    ResumableTrainingSampler,
+    SafeDatasetMapper,
+    SkipCountingLoader,
+    SkippedSamplesHook,
+    build_train_loader,
+    validate_cfg_datasets,
+)
+from .metadata import (
+    THINGS_STUFF_COLOR,
+    DatasetMetadataError,
+    contiguous_to_dataset_ids,
+    dataset_categories,
+    default_datasets_root,
     panoptic_separated_metadata,
     panoptic_standard_metadata,
-    register_panoptic,
-    register_synthetic,
+    semantic_label_map,
 )
-from .mapper import BadSampleError, SafeDatasetMapper, SkipCountingLoader
 from .synthetic import (
     SYNTHETIC_CATEGORIES,
     SyntheticDatasetMismatch,
@@ -49,8 +57,10 @@ from .validate import (
 __all__ = [
     "BadSampleError",
     "ConversionStats",
+    "DatasetMetadataError",
     "DatasetValidationError",
     "PanopticFormatError",
+    "ResumableTrainingSampler",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DATASET_NAMES",
     "SafeDatasetMapper",
@@ -58,11 +68,14 @@ __all__ = [
     "SkippedSamplesHook",
     "SyntheticDatasetMismatch",
     "SyntheticSample",
+    "THINGS_STUFF_COLOR",
     "ValidationReport",
     "build_train_loader",
     "check_dataset_names",
     "configure_panoptic_folders",
+    "contiguous_to_dataset_ids",
     "convert_panoptic_to_semantic",
+    "dataset_categories",
     "default_datasets_root",
     "generate_synthetic_dataset",
     "id_to_rgb",

@@ -10,7 +10,6 @@ panoptic category set works, not only COCO's 80 things + 53 stuff.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -23,8 +22,24 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..formats import (
+    PanopticFormatError,
+    describe_segment_mismatch,
+    id_to_rgb,
+    load_panoptic_json,
+    read_panoptic_png,
+    rgb_to_id,
+    segment_mismatch,
+)
+from ..utils.io import atomic_writer
+from .metadata import THING_LABEL, VOID_LABEL, default_datasets_root, semantic_label_map
+
+# PanopticFormatError, id_to_rgb, rgb_to_id, semantic_label_map and the labels are re-exported:
+# they were defined here before panoptic_ext.formats / .metadata existed; old imports still work.
 __all__ = [
     "DEFAULT_SPLITS",
+    "THING_LABEL",
+    "VOID_LABEL",
     "PanopticFormatError",
     "ConversionStats",
     "default_datasets_root",
@@ -38,12 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS: tuple[str, ...] = ("train2017", "val2017")
-THING_LABEL = 0
-VOID_LABEL = 255
-
-
-class PanopticFormatError(ValueError):
-    """Raised when panoptic annotations are inconsistent; the message names the file."""
+_ARCHIVE_HINT = "re-extract it from the COCO panoptic annotation archive"
 
 
 @dataclass
@@ -59,110 +69,36 @@ class ConversionStats:
         return self.written + self.refreshed + self.up_to_date
 
 
-def default_datasets_root() -> str:
-    """Same lookup as Detectron2's builtin datasets, so both find the same files."""
-    return os.environ.get("DETECTRON2_DATASETS", "datasets")
+_Task = tuple[str, str, dict[int, int], Any, tuple[int, int] | None, str]  # one PNG to convert
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Decode a COCO panoptic PNG (H, W, 3) into segment ids: id = R + 256 G + 256^2 B."""
-    rgb = rgb.astype(np.uint32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode segment ids (< 2^24) as the RGB triplets COCO panoptic PNGs store."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
-        raise ValueError("panoptic segment ids must be in [0, 2^24)")
-    ids = ids.astype(np.uint32)
-    return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
-
-
-def semantic_label_map(categories: Sequence[dict[str, Any]]) -> dict[int, int]:
-    """Category id -> semantic label: things 0, stuff 1..K by ascending id (Detectron2's order).
-
-    The order must match ``stuff_dataset_id_to_contiguous_id`` in the separated metadata, which
-    Detectron2 builds from stuff categories sorted by id.
-    """
-    seen: set[int] = set()
-    for cat in categories:
-        if "id" not in cat or "isthing" not in cat:
-            raise PanopticFormatError(f"category {cat!r} lacks 'id' or 'isthing'")
-        if cat["id"] in seen:
-            raise PanopticFormatError(f"category id {cat['id']} appears twice in 'categories'")
-        seen.add(cat["id"])
-    stuff_ids = sorted(int(c["id"]) for c in categories if not c["isthing"])
-    if len(stuff_ids) >= VOID_LABEL:
-        raise PanopticFormatError(
-            f"{len(stuff_ids)} stuff categories do not fit in a uint8 PNG with 255 as void"
-        )
-    mapping = {int(c["id"]): THING_LABEL for c in categories if c["isthing"]}
-    mapping.update({cid: i + 1 for i, cid in enumerate(stuff_ids)})
-    return mapping
-
-
-def _read_panoptic_png(path: str) -> np.ndarray:
-    """Read a panoptic PNG as segment ids, turning PIL's many failure modes into one message."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: panoptic PNG listed in the JSON is missing; re-extract the COCO panoptic "
-            "annotation archive"
-        )
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)
-    except Exception as exc:  # PIL raises several unrelated types for corrupt files
-        raise PanopticFormatError(
-            f"{path}: cannot read panoptic PNG ({exc}); the file is corrupt or not a PNG, "
-            "re-extract it from the COCO panoptic annotation archive"
-        ) from exc
-    if mode != "RGB" or arr.ndim != 3 or arr.shape[2] != 3:
-        raise PanopticFormatError(
-            f"{path}: panoptic PNG must be RGB (id = R + 256 G + 256^2 B), got mode {mode}"
-        )
-    return rgb_to_id(arr)
-
-
-def _convert_one(task: tuple[str, str, dict[int, int], int, tuple[int, int] | None]) -> str:
+def _convert_one(task: _Task) -> str:
     """Worker: convert one panoptic PNG; returns the output path."""
-    src, dst, seg_to_label, image_id, expected_hw = task
-    ids = _read_panoptic_png(src)
+    src, dst, seg_to_label, image_id, expected_hw, json_name = task
+    try:
+        ids = read_panoptic_png(src, image_id, allow_alpha=False)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc} It is listed in the JSON; {_ARCHIVE_HINT}.") from None
     if expected_hw is not None and ids.shape != expected_hw:
         raise PanopticFormatError(
             f"{src}: PNG is {ids.shape[1]}x{ids.shape[0]} (WxH) but the JSON image entry "
             f"{image_id} says {expected_hw[1]}x{expected_hw[0]}"
         )
     uniq, inverse = np.unique(ids, return_inverse=True)
-    present = {int(u) for u in uniq}
-    missing = sorted(set(seg_to_label) - present)
-    if missing:
-        raise PanopticFormatError(
-            f"{src}: image {image_id} has segment id(s) {missing} in the JSON's segments_info "
-            "but not in the PNG"
-        )
-    unknown = sorted(present - set(seg_to_label) - {0})
-    if unknown:
-        raise PanopticFormatError(
-            f"{src}: image {image_id} has segment id(s) {unknown[:10]} in the PNG that the JSON's "
-            "segments_info does not list"
-        )
+    problems = describe_segment_mismatch(*segment_mismatch(uniq, seg_to_label), json_name)
+    if problems:
+        raise PanopticFormatError(f"{src}: image {image_id}: " + "; ".join(problems))
     lut = np.array([seg_to_label.get(int(u), VOID_LABEL) for u in uniq], dtype=np.uint8)
     sem = lut[inverse.reshape(-1)].reshape(ids.shape)
-    tmp = f"{dst}.tmp{os.getpid()}"
-    Image.fromarray(sem, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, dst)  # atomic: an interrupted run never leaves a truncated, "fresh" file
+    # Atomic: an interrupted run never leaves a truncated file that looks fresh by its mtime.
+    with atomic_writer(dst, "wb") as f:
+        Image.fromarray(sem).save(f, format="PNG")
     return dst
 
 
 def _build_tasks(
     json_data: dict[str, Any], json_path: str, panoptic_root: str, sem_seg_root: str
-) -> list[tuple[str, str, dict[int, int], int, tuple[int, int] | None]]:
-    for key in ("annotations", "categories"):
-        if key not in json_data:
-            raise PanopticFormatError(f"{json_path}: missing '{key}'; is it a COCO panoptic JSON?")
+) -> list[_Task]:
     cat_to_label = semantic_label_map(json_data["categories"])
     sizes = {
         img["id"]: (int(img["height"]), int(img["width"]))
@@ -206,6 +142,7 @@ def _build_tasks(
                 seg_to_label,
                 image_id,
                 sizes.get(image_id),
+                os.path.basename(json_path),
             )
         )
     return tasks
@@ -236,11 +173,7 @@ def convert_panoptic_to_semantic(
     panoptic_json, panoptic_root, sem_seg_root = map(
         os.fspath, (panoptic_json, panoptic_root, sem_seg_root)
     )
-    try:
-        with open(panoptic_json) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise PanopticFormatError(f"{panoptic_json}: not valid JSON ({exc})") from exc
+    data = load_panoptic_json(panoptic_json)
     tasks = _build_tasks(data, panoptic_json, panoptic_root, sem_seg_root)
     if os.path.exists(sem_seg_root) and not os.path.isdir(sem_seg_root):
         raise FileExistsError(f"{sem_seg_root} exists and is not a folder; move it away")

@@ -46,7 +46,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from .coco_prep import id_to_rgb, semantic_label_map
+from ..formats import write_panoptic_png
+from ..utils.io import atomic_write, atomic_write_json, read_json_or_none
+from .metadata import panoptic_separated_metadata, panoptic_standard_metadata, semantic_label_map
 
 __all__ = [
     "SYNTHETIC_CATEGORIES",
@@ -122,8 +124,6 @@ def synthetic_split_paths(root: str | os.PathLike, split: str) -> dict[str, str]
 
 def synthetic_metadata(style: str = "separated") -> dict[str, Any]:
     """Detectron2 metadata for the synthetic categories ("separated" or "standard" style)."""
-    from .datasets import panoptic_separated_metadata, panoptic_standard_metadata
-
     if style == "separated":
         return panoptic_separated_metadata(SYNTHETIC_CATEGORIES)
     if style == "standard":
@@ -326,7 +326,7 @@ def _write_one(task: tuple[str, str, int, int, int]) -> dict[str, Any]:
     stem = f"{image_id:012d}"
     base = Path(out_dir)
     Image.fromarray(sample.image).save(base / split / f"{stem}.jpg", quality=95)
-    Image.fromarray(id_to_rgb(sample.panoptic)).save(base / f"panoptic_{split}" / f"{stem}.png")
+    write_panoptic_png(str(base / f"panoptic_{split}" / f"{stem}.png"), sample.panoptic)
     sem = np.full((size, size), 255, np.uint8)
     instances = []
     for seg in sample.segments:
@@ -412,10 +412,8 @@ def _write_split(
         "categories": [dict(c) for c in SYNTHETIC_CATEGORIES],
     }
     detection = {"info": info, "images": images, "annotations": instances, "categories": thing_cats}
-    with open(out_dir / f"panoptic_{split}.json", "w") as f:
-        json.dump(panoptic, f)
-    with open(out_dir / f"instances_{split}.json", "w") as f:
-        json.dump(detection, f)
+    atomic_write_json(out_dir / f"panoptic_{split}.json", panoptic)
+    atomic_write_json(out_dir / f"instances_{split}.json", detection)
 
 
 def generate_synthetic_dataset(
@@ -451,12 +449,7 @@ def generate_synthetic_dataset(
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise SyntheticDatasetMismatch(f"{dataset_dir} exists and is not a folder; move it away")
     if dataset_dir.exists():
-        old = None
-        if stamp.is_file():
-            try:
-                old = json.loads(stamp.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = None
+        old = read_json_or_none(stamp)
         if old == params and _looks_complete(dataset_dir, params):
             logger.info("%s already holds this dataset (%s); nothing to do", dataset_dir, params)
             return dataset_dir, False
@@ -484,7 +477,7 @@ def generate_synthetic_dataset(
     try:
         for split, n in (("train", num_train), ("val", num_val)):
             _write_split(tmp, split, n, int(seed), int(size), workers, progress)
-        (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+        atomic_write(tmp / "params.json", json.dumps(params, indent=2) + "\n")
         if dataset_dir.exists():
             logger.warning("Replacing %s (force)", dataset_dir)
             shutil.rmtree(dataset_dir)

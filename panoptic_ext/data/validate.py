@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,14 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from tqdm import tqdm
 
-from .coco_prep import rgb_to_id
+from ..formats import (
+    PanopticFormatError,
+    describe_segment_mismatch,
+    read_panoptic_png,
+    segment_mismatch,
+)
+from ..utils.io import atomic_write_json, read_json_or_none
+from ..utils.paths import user_cache_dir
 
 __all__ = [
     "DatasetValidationError",
@@ -50,7 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: panoptic PNGs decoded by panoptic_ext.formats (its messages)
 # Below this many files to decode, a process pool costs more than it saves.
 _MIN_FILES_FOR_POOL = 32
 # Instance boxes may exceed the image by this much (COCO boxes are floats, rounding happens).
@@ -173,13 +179,11 @@ def _decode_image(path: str) -> dict[str, Any]:
 
 
 def _decode_panoptic(path: str) -> dict[str, Any]:
-    with Image.open(path) as img:
-        img.load()
-        mode, arr = img.mode, np.asarray(img)
-    if mode != "RGB" or arr.ndim != 3 or arr.shape[2] != 3:
-        return {"error": f"panoptic PNG must be RGB (id = R + 256 G + 256^2 B), got mode {mode}"}
-    ids = np.unique(rgb_to_id(arr))
-    return {"size": [arr.shape[1], arr.shape[0]], "values": [int(v) for v in ids]}
+    try:  # the reader every consumer uses: RGB only, as Detectron2's loaders expect
+        ids = read_panoptic_png(path, allow_alpha=False)
+    except PanopticFormatError as exc:
+        return {"error": str(exc)}
+    return {"size": [ids.shape[1], ids.shape[0]], "values": [int(v) for v in np.unique(ids)]}
 
 
 def _decode_sem_seg(path: str) -> dict[str, Any]:
@@ -217,8 +221,7 @@ def _inspect_task(task: tuple[str, str]) -> tuple[str, str, dict[str, Any]]:
 
 def default_cache_dir() -> Path:
     """Per-user cache folder (XDG), usable even when the dataset folder is read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "panoptic_ext" / "validate"
+    return user_cache_dir("validate")
 
 
 def _cache_path(cache_dir: str | os.PathLike, names: Sequence[str]) -> Path:
@@ -228,11 +231,7 @@ def _cache_path(cache_dir: str | os.PathLike, names: Sequence[str]) -> Path:
 
 
 def _load_cache(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
+    data = read_json_or_none(path)
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return {}
     entries = data.get("entries")
@@ -242,10 +241,8 @@ def _load_cache(path: Path) -> dict[str, Any]:
 def _save_cache(path: Path, entries: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION, "entries": entries}, f)
-        os.replace(tmp, path)  # atomic: concurrent runs never read half a cache
+        # Atomic: concurrent runs never read half a cache.
+        atomic_write_json(path, {"version": CACHE_VERSION, "entries": entries})
     except OSError as exc:
         logger.warning("Could not write validation cache %s (%s); continuing without", path, exc)
 
@@ -641,19 +638,8 @@ def _check_segments(
         report.add(s.panoptic, f"{json_name} uses segment id 0, which is reserved for void")
     if pan is None:
         return
-    in_png = set(pan["values"])
-    missing = set(ids) - in_png - {0}
-    if missing:
-        report.add(
-            s.panoptic,
-            f"segment id(s) {_fmt_ids(missing)} listed in {json_name} are not in the PNG",
-        )
-    extra = in_png - set(ids) - {0}
-    if extra:
-        report.add(
-            s.panoptic,
-            f"PNG has segment id(s) {_fmt_ids(extra)} that {json_name} does not list",
-        )
+    for problem in describe_segment_mismatch(*segment_mismatch(pan["values"], ids), json_name):
+        report.add(s.panoptic, problem)
 
 
 def _check_instances(

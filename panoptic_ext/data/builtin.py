@@ -1,4 +1,4 @@
-"""Detectron2 registration of panoptic datasets, including the synthetic one.
+"""Detectron2 registration of prepared COCO-panoptic datasets, and of the builtin synthetic ones.
 
 Importing this module registers, under ``$DETECTRON2_DATASETS`` (default ``./datasets``, the
 same rule as Detectron2's builtin COCO datasets):
@@ -25,22 +25,21 @@ from typing import Any
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic, register_coco_panoptic_separated
 
-from .coco_prep import default_datasets_root
+from .metadata import (
+    default_datasets_root,
+    panoptic_separated_metadata,
+    panoptic_standard_metadata,
+)
 from .synthetic import SPLITS, SYNTHETIC_CATEGORIES, synthetic_split_paths
 
 __all__ = [
-    "THINGS_STUFF_COLOR",
     "SYNTHETIC_DATASET_NAMES",
-    "panoptic_standard_metadata",
-    "panoptic_separated_metadata",
     "register_panoptic",
     "register_synthetic",
+    "unregister_dataset",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Colour of the extra "things" stuff class; the value Detectron2 uses for COCO.
-THINGS_STUFF_COLOR = [82, 18, 128]
 
 SYNTHETIC_DATASET_NAMES: tuple[str, ...] = tuple(
     f"synthetic_panoptic_{split}{suffix}"
@@ -49,63 +48,8 @@ SYNTHETIC_DATASET_NAMES: tuple[str, ...] = tuple(
 )
 
 
-def _sorted_categories(categories: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    ids = [int(c["id"]) for c in categories]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate category ids in {ids}")
-    for c in categories:
-        missing = {"id", "name", "isthing", "color"} - set(c)
-        if missing:
-            raise ValueError(f"category {c!r} lacks {sorted(missing)}")
-    return sorted(categories, key=lambda c: int(c["id"]))
-
-
-def panoptic_standard_metadata(categories: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Metadata for "standard" panoptic dicts, in Detectron2's ``coco_panoptic_standard`` style.
-
-    Things and stuff share one contiguous space (categories sorted by id), and both
-    ``thing_*`` and ``stuff_*`` list every class because Detectron2's visualizer indexes them
-    that way.
-    """
-    cats = _sorted_categories(categories)
-    names = [c["name"] for c in cats]
-    colors = [list(c["color"]) for c in cats]
-    return {
-        "thing_classes": names,
-        "thing_colors": colors,
-        "stuff_classes": list(names),
-        "stuff_colors": [list(c) for c in colors],
-        "thing_dataset_id_to_contiguous_id": {
-            int(c["id"]): i for i, c in enumerate(cats) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {
-            int(c["id"]): i for i, c in enumerate(cats) if not c["isthing"]
-        },
-    }
-
-
-def panoptic_separated_metadata(categories: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Metadata for Panoptic FPN's "separated" dicts, like Detectron2's COCO separated metadata.
-
-    Things get their own contiguous ids 0..T-1 (sorted by id, matching ``load_coco_json``);
-    stuff gets 1..K with 0 reserved for the merged "things" class, matching the semantic PNGs.
-    """
-    cats = _sorted_categories(categories)
-    things = [c for c in cats if c["isthing"]]
-    stuff = [c for c in cats if not c["isthing"]]
-    stuff_map = {int(c["id"]): i + 1 for i, c in enumerate(stuff)}
-    stuff_map[0] = 0
-    return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [list(c["color"]) for c in things],
-        "thing_dataset_id_to_contiguous_id": {int(c["id"]): i for i, c in enumerate(things)},
-        "stuff_classes": ["things"] + [c["name"] for c in stuff],
-        "stuff_colors": [list(THINGS_STUFF_COLOR)] + [list(c["color"]) for c in stuff],
-        "stuff_dataset_id_to_contiguous_id": stuff_map,
-    }
-
-
-def _unregister(name: str) -> None:
+def unregister_dataset(name: str) -> None:
+    """Drop ``name`` from both catalogs, so registering it again replaces it (no assert)."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
@@ -137,6 +81,7 @@ def register_panoptic(
     sem_seg_root: str | None = None,
     instances_json: str | None = None,
     missing_hint: str = "",
+    mask_format: str | None = None,
 ) -> list[str]:
     """Register a COCO-format panoptic dataset under ``prefix`` (standard dicts) and, when
     ``sem_seg_root`` and ``instances_json`` are given, ``prefix_separated`` and
@@ -144,13 +89,15 @@ def register_panoptic(
 
     Re-registering a name replaces it, so module reloads and re-rooting never crash.
     ``missing_hint`` is appended to the error raised when files are missing at load time.
+    ``mask_format`` ("bitmask" when the instance JSON holds RLE masks) is recorded in the
+    separated metadata, so the config setup can make ``INPUT.MASK_FORMAT`` fit the data.
     """
     separated = sem_seg_root is not None and instances_json is not None
     if (sem_seg_root is None) != (instances_json is None):
         raise ValueError("give both sem_seg_root and instances_json, or neither")
     names = [prefix] + ([f"{prefix}_separated", f"{prefix}_stuffonly"] if separated else [])
     for name in names:
-        _unregister(name)
+        unregister_dataset(name)
 
     register_coco_panoptic(
         prefix,
@@ -171,6 +118,8 @@ def register_panoptic(
             sem_seg_root,
             instances_json,
         )
+        if mask_format is not None:
+            MetadataCatalog.get(f"{prefix}_separated").set(mask_format=mask_format)
         _guard(f"{prefix}_separated", [instances_json, sem_seg_root, image_root], missing_hint)
         _guard(f"{prefix}_stuffonly", [sem_seg_root, image_root], missing_hint)
     return names
@@ -192,6 +141,7 @@ def register_synthetic(root: str | os.PathLike | None = None) -> list[str]:
             f"synthetic_panoptic_{split}",
             SYNTHETIC_CATEGORIES,
             missing_hint=hint,
+            mask_format="bitmask",  # the generator writes RLE instance masks
             **paths,
         )
     logger.debug("Registered %s under %s", names, root)

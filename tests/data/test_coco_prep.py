@@ -16,8 +16,8 @@ from panoptic_ext.data import (
     rgb_to_id,
     semantic_label_map,
 )
-
-from .test_synthetic import _load_script
+from panoptic_ext.formats import PanopticFormatError as FormatsError
+from tests.helpers.data import load_script
 
 # Non-contiguous ids, things and stuff interleaved: stuff sorted by id is 3 -> 1, 11 -> 2.
 CATEGORIES = [
@@ -79,14 +79,16 @@ def _read(path):
     return np.array(Image.open(path))
 
 
-def test_id_rgb_roundtrip_and_label_map():
-    ids = np.array([[0, 1, 255, 256], [65535, 65536, 2**24 - 1, 123456]])
-    np.testing.assert_array_equal(rgb_to_id(id_to_rgb(ids)), ids)
+def test_old_names_are_the_shared_ones():
+    """coco_prep defined these before panoptic_ext.formats; old imports get the same objects."""
+    import panoptic_ext.formats as formats
+    from panoptic_ext.data import coco_prep, metadata
+
+    assert PanopticFormatError is FormatsError is coco_prep.PanopticFormatError
+    assert issubclass(PanopticFormatError, ValueError)  # `except ValueError` still catches it
+    assert (id_to_rgb, rgb_to_id) == (formats.id_to_rgb, formats.rgb_to_id)
+    assert semantic_label_map is metadata.semantic_label_map
     assert semantic_label_map(CATEGORIES) == {2: 0, 7: 0, 3: 1, 11: 2}
-    with pytest.raises(ValueError):
-        id_to_rgb(np.array([2**24]))
-    with pytest.raises(PanopticFormatError, match="twice"):
-        semantic_label_map(CATEGORIES + [CATEGORIES[0]])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -135,7 +137,8 @@ def test_corrupt_png_error_names_the_file(tmp_path, workers):
 def test_json_segment_missing_from_png_names_image_and_segment(tmp_path):
     segs = SEGS_B + [{"id": 4242, "category_id": 3}]
     _make_coco(tmp_path, images=[("b", IDS_B, segs)])
-    with pytest.raises(PanopticFormatError, match=r"image 0 .*\[4242\]"):
+    with pytest.raises(PanopticFormatError, match=r"image 0: segment id\(s\) 4242 listed in "
+                       r"panoptic_val2017.json have no pixels"):
         prepare_coco_panoptic_fpn(tmp_path, workers=1, progress=False)
 
 
@@ -179,7 +182,7 @@ def test_direct_conversion_and_script(tmp_path, capsys, monkeypatch):
     assert stats.total == 2
     np.testing.assert_array_equal(_read(tmp_path / "elsewhere" / "b.png"), EXPECTED_B)
 
-    script = _load_script("prepare_panoptic_fpn")
+    script = load_script("prepare_panoptic_fpn")
     assert script.main(["--root", str(tmp_path), "--workers", "1"]) == 0
     assert "val2017: 2 semantic PNGs" in capsys.readouterr().out
     np.testing.assert_array_equal(_read(coco / "panoptic_stuff_val2017" / "a.png"), EXPECTED_A)
@@ -189,3 +192,15 @@ def test_direct_conversion_and_script(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(empty))
     assert script.main([]) == 1
     assert "no COCO panoptic split" in capsys.readouterr().err
+
+
+def test_rgba_png_is_refused_and_no_temp_file_is_left(tmp_path):
+    coco = _make_coco(tmp_path)
+    out = coco / "panoptic_stuff_val2017"
+    prepare_coco_panoptic_fpn(tmp_path, workers=1, progress=False)
+    assert sorted(os.listdir(out)) == ["a.png", "b.png"], "atomic writes leave no temp file"
+    rgba = coco / "panoptic_val2017" / "a.png"
+    Image.open(rgba).convert("RGBA").save(rgba)
+    with pytest.raises(PanopticFormatError, match=f"{rgba} is not an RGB image"):
+        prepare_coco_panoptic_fpn(tmp_path, workers=1, progress=False)
+    np.testing.assert_array_equal(_read(out / "a.png"), EXPECTED_A)  # old output untouched

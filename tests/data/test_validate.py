@@ -1,6 +1,5 @@
 """The pre-training validation pass finds each kind of bad file, names it, and caches."""
 
-import json
 import os
 import shutil
 
@@ -17,6 +16,7 @@ from panoptic_ext.data import (
     validate_datasets,
 )
 from panoptic_ext.data import validate as validate_mod
+from tests.helpers.data import edit_json, truncate
 
 TRAIN = "synthetic_panoptic_train_separated"
 
@@ -32,45 +32,53 @@ def _error(names, tmp_path, **kw) -> str:
     return str(info.value)
 
 
-def _truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+@pytest.fixture
+def decodes(monkeypatch):
+    """Files actually decoded, counted at the decoder (not from the report's own counts)."""
+    seen = []
+    real = validate_mod.inspect_file
+
+    def counting(kind, path):
+        seen.append((kind, path))
+        return real(kind, path)
+
+    monkeypatch.setattr(validate_mod, "inspect_file", counting)
+    return seen
 
 
-def _edit_json(path, fn):
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data))
-
-
-def test_clean_data_passes_and_second_run_uses_cache(data, tmp_path):
+def test_clean_data_passes_and_second_run_uses_cache(data, tmp_path, decodes):
     names = [TRAIN, "synthetic_panoptic_val_separated", "synthetic_panoptic_train"]
-    first = _validate(names, tmp_path)
+    first = _validate(names, tmp_path, workers=1)  # in this process, where decodes are counted
     # 6 images + 6 stuff PNGs + 6 panoptic PNGs; the standard dataset shares them.
     assert first.ok and first.num_samples == 10 and first.num_files == 18
     assert first.decoded == 18 and first.cache_hits == 0
-    second = _validate(names, tmp_path)
+    assert len(decodes) == 18 and len(set(decodes)) == 18
+    decodes.clear()
+    second = _validate(names, tmp_path, workers=1)
     assert second.cache_hits == 18 and second.decoded == 0
-    assert second.seconds < 1.0
+    assert decodes == [], "the second pass decoded files the cache holds"
     # A rewritten file is decoded again; the rest still come from the cache.
     img = data / "train" / "000000000001.jpg"
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    third = _validate(names, tmp_path)
+    third = _validate(names, tmp_path, workers=1)
     assert third.decoded == 1 and third.cache_hits == 17
+    assert decodes == [("image", str(img))]
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers, "the cache is written atomically"
 
 
 def test_truncated_jpeg_named_via_process_pool(data, tmp_path, monkeypatch):
     monkeypatch.setattr(validate_mod, "_MIN_FILES_FOR_POOL", 0)
     bad = data / "train" / "000000000002.jpg"
-    _truncate(bad)
+    truncate(bad)
     msg = _error([TRAIN], tmp_path, workers=2, use_cache=False)
     assert str(bad) in msg and "truncated" in msg
     assert "1 bad file(s)" in msg
 
 
 def test_corrupt_result_is_cached_too(data, tmp_path):
-    _truncate(data / "train" / "000000000002.jpg")
+    truncate(data / "train" / "000000000002.jpg")
     _error([TRAIN], tmp_path)
     with pytest.raises(DatasetValidationError) as info:
         _validate([TRAIN], tmp_path)
@@ -127,10 +135,10 @@ def test_json_segment_missing_from_png(data, tmp_path):
     def add_segment(d):
         d["annotations"][0]["segments_info"].append({"id": 4242, "category_id": 7, "iscrowd": 0})
 
-    _edit_json(data / "panoptic_val.json", add_segment)
+    edit_json(data / "panoptic_val.json", add_segment)
     msg = _error(["synthetic_panoptic_val_separated"], tmp_path)
     png = data / "panoptic_val" / "000001000001.png"
-    assert f"{png}: segment id(s) [4242] listed in panoptic_val.json are not in the PNG" in msg
+    assert f"{png}: segment id(s) 4242 listed in panoptic_val.json have no pixels in the PNG" in msg
 
 
 def test_png_segment_missing_from_json(data, tmp_path):
@@ -139,19 +147,27 @@ def test_png_segment_missing_from_json(data, tmp_path):
     def drop_segment(d):
         removed["id"] = d["annotations"][1]["segments_info"].pop()["id"]
 
-    _edit_json(data / "panoptic_val.json", drop_segment)
+    edit_json(data / "panoptic_val.json", drop_segment)
     msg = _error(["synthetic_panoptic_val_separated"], tmp_path)
     png = data / "panoptic_val" / "000001000002.png"
-    assert f"{png}: PNG has segment id(s) [{removed['id']}] that panoptic_val.json" in msg
+    assert (f"{png}: segment id(s) [{removed['id']}] are in the PNG but not in "
+            "panoptic_val.json") in msg
     ids = rgb_to_id(np.asarray(Image.open(png)))
     assert removed["id"] in ids  # the test really removed a segment that is drawn
+
+
+def test_rgba_panoptic_png_is_named(data, tmp_path):
+    png = data / "panoptic_val" / "000001000001.png"
+    Image.open(png).convert("RGBA").save(png)
+    msg = _error(["synthetic_panoptic_val"], tmp_path)
+    assert f"{png}: panoptic PNG: The PNG {png} is not an RGB image (mode RGBA" in msg
 
 
 def test_unknown_category_in_panoptic_json(data, tmp_path):
     def set_category(d):
         d["annotations"][0]["segments_info"][0]["category_id"] = 99
 
-    _edit_json(data / "panoptic_train.json", set_category)
+    edit_json(data / "panoptic_train.json", set_category)
     # The standard dataset's Detectron2 loader fails (KeyError 99): still reported per file.
     for name in (TRAIN, "synthetic_panoptic_train"):
         msg = _error([name], tmp_path)
@@ -159,21 +175,21 @@ def test_unknown_category_in_panoptic_json(data, tmp_path):
 
 
 def test_unknown_category_in_instances_json(data, tmp_path):
-    _edit_json(data / "instances_train.json", lambda d: d["annotations"][0].update(category_id=99))
+    edit_json(data / "instances_train.json", lambda d: d["annotations"][0].update(category_id=99))
     msg = _error([TRAIN], tmp_path)
     assert f"{data / 'instances_train.json'}: annotation 1" in msg and "category_id 99" in msg
 
 
 def test_box_outside_image(data, tmp_path):
     box = [50.0, 50.0, 40.0, 40.0]  # XYWH in a 64x64 image
-    _edit_json(data / "instances_train.json", lambda d: d["annotations"][0].update(bbox=box))
+    edit_json(data / "instances_train.json", lambda d: d["annotations"][0].update(bbox=box))
     msg = _error([TRAIN], tmp_path)
     assert "instance box [50.0, 50.0, 40.0, 40.0] (instances_train.json) is not inside" in msg
 
 
 def test_more_bad_files_than_max_report(data, tmp_path):
     for jpg in sorted((data / "train").glob("*.jpg")):
-        _truncate(jpg)
+        truncate(jpg)
     msg = _error([TRAIN], tmp_path, max_report=2)
     assert "4 bad file(s)" in msg and "... and 2 more bad file(s)" in msg
     assert msg.count("truncated") == 2

@@ -1,6 +1,5 @@
 """The synthetic generator writes consistent COCO files, deterministically, and never clobbers."""
 
-import importlib.util
 import json
 import os
 
@@ -18,22 +17,12 @@ from panoptic_ext.data import (
     synthetic_metadata,
 )
 from panoptic_ext.data.synthetic import MIN_SEGMENT_AREA
-
-from .conftest import REPO
+from tests.helpers.data import load_script
 
 CATS = {c["id"]: c for c in SYNTHETIC_CATEGORIES}
 THING_IDS = {c["id"] for c in SYNTHETIC_CATEGORIES if c["isthing"]}
 STUFF_IDS = sorted(c["id"] for c in SYNTHETIC_CATEGORIES if not c["isthing"])
 PARAMS = dict(seed=3, num_train=8, num_val=3, size=64)
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "datasets", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _all_files(folder):
@@ -74,6 +63,7 @@ def test_categories_are_non_contiguous_with_things_and_stuff():
 def test_determinism_independent_of_workers(dataset, tmp_path):
     again, _ = generate_synthetic_dataset(tmp_path / "a", workers=1, progress=False, **PARAMS)
     assert _all_files(again) == _all_files(dataset)
+    assert not [f for f in _all_files(dataset) if f.endswith(".tmp")], "atomic writes leave none"
     other, _ = generate_synthetic_dataset(
         tmp_path / "b", workers=1, progress=False, **{**PARAMS, "seed": 4}
     )
@@ -167,7 +157,7 @@ def test_bad_parameters_are_rejected(tmp_path):
 
 
 def test_script_stamp_and_force(tmp_path, capsys):
-    script = _load_script("prepare_synthetic")
+    script = load_script("prepare_synthetic")
     args = ["--root", str(tmp_path), "--num-train", "3", "--num-val", "2", "--size", "64"]
     assert script.main(args + ["--workers", "1"]) == 0
     dataset = tmp_path / "synthetic_panoptic"

@@ -1,4 +1,4 @@
-"""Registered synthetic datasets load, visualize and evaluate through Detectron2 like COCO does.
+"""The builtin synthetic datasets load, visualize and evaluate through Detectron2 like COCO does.
 
 Each evaluator is fed the ground truth as a prediction, so any id-map or format mistake shows
 up as a score below 100.
@@ -16,9 +16,9 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from pycocotools import mask as mask_util
 
-import panoptic_ext.data
 from panoptic_ext.data import (
     SYNTHETIC_DATASET_NAMES,
+    builtin,
     generate_synthetic_dataset,
     register_panoptic,
     register_synthetic,
@@ -74,7 +74,7 @@ def test_lazy_registration_and_clear_error_when_missing(tmp_path):
 
 
 def test_reload_and_reregister_do_not_crash():
-    importlib.reload(panoptic_ext.data.datasets)
+    importlib.reload(builtin)
     assert set(register_synthetic()) == set(SYNTHETIC_DATASET_NAMES)
     with pytest.raises(ValueError, match="both"):
         register_panoptic("x", [], "i", "p", "j", sem_seg_root="s")

@@ -1,5 +1,7 @@
-"""Bad samples at training time: "error" names the file, "skip" keeps training and counts."""
+"""The training loader: bad samples ("error" names the file, "skip" keeps training and counts),
+the resumable sampler, and the pre-training checks."""
 
+import itertools
 import logging
 import os
 
@@ -17,9 +19,9 @@ from panoptic_ext.data import (
     check_dataset_names,
     validate_cfg_datasets,
 )
-from panoptic_ext.data.mapper import INDEX_KEY, SKIPPED_KEY
-
-from .conftest import CONFIGS
+from panoptic_ext.data.loader import INDEX_KEY, SKIPPED_KEY, ResumableTrainingSampler
+from tests.helpers.data import truncate
+from tests.helpers.tools import CONFIGS
 
 TRAIN = "synthetic_panoptic_train_separated"
 
@@ -35,14 +37,9 @@ def cfg():
     return cfg
 
 
-def _truncate(path):
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-
-
 def test_error_mode_names_image_and_index(data, cfg):
     bad = data / "train" / "000000000002.jpg"
-    _truncate(bad)
+    truncate(bad)
     it = iter(build_train_loader(cfg))
     with pytest.raises(BadSampleError) as info:
         for _ in range(3):  # the first 4 samples are a permutation of all 4 images
@@ -54,7 +51,7 @@ def test_error_mode_names_image_and_index(data, cfg):
 
 def test_error_mode_names_stuff_png(data, cfg):
     bad = data / "panoptic_stuff_train" / "000000000004.png"
-    _truncate(bad)
+    truncate(bad)
     it = iter(build_train_loader(cfg))
     with pytest.raises(BadSampleError, match=f"sem_seg file {bad} \\(dataset dict #3\\)"):
         for _ in range(3):
@@ -62,7 +59,7 @@ def test_error_mode_names_stuff_png(data, cfg):
 
 
 def test_skip_mode_keeps_yielding_and_counts_across_workers(data, cfg):
-    _truncate(data / "train" / "000000000003.jpg")
+    truncate(data / "train" / "000000000003.jpg")
     cfg.DATALOADER.ON_BAD_SAMPLE = "skip"
     cfg.DATALOADER.NUM_WORKERS = 1  # the count must cross from the worker process
     loader = build_train_loader(cfg)
@@ -94,9 +91,9 @@ def test_safe_mapper_skip_logs_file_and_reports_with_next_sample(data, caplog):
         return {"file_name": d["file_name"]}
 
     bad, good = data / "train" / "000000000001.jpg", data / "train" / "000000000002.jpg"
-    _truncate(bad)
+    truncate(bad)
     mapper = SafeDatasetMapper(read, "skip")
-    with caplog.at_level(logging.WARNING, logger="panoptic_ext.data.mapper"):
+    with caplog.at_level(logging.WARNING, logger="panoptic_ext.data.loader"):
         assert mapper({"file_name": str(bad), INDEX_KEY: 0}) is None
     assert f"Skipping image file {bad} (dataset dict #0)" in caplog.text
     assert mapper({"file_name": str(good), INDEX_KEY: 1}) == {
@@ -108,7 +105,7 @@ def test_safe_mapper_skip_logs_file_and_reports_with_next_sample(data, caplog):
 
 
 def test_safe_mapper_gives_up_when_everything_fails(data):
-    _truncate(data / "train" / "000000000001.jpg")
+    truncate(data / "train" / "000000000001.jpg")
 
     def fail(d):
         raise OSError("image file is truncated")
@@ -144,3 +141,19 @@ def test_validate_cfg_datasets_follows_config(data, cfg, tmp_path, monkeypatch):
     assert report.cache_file.startswith(str(tmp_path / "xdg" / "panoptic_ext" / "validate"))
     cfg.DATALOADER.VALIDATE = False
     assert validate_cfg_datasets(cfg) is None
+
+
+def test_resumable_sampler_continues_the_stream():
+    full = ResumableTrainingSampler(10, seed=7)
+    stream = list(itertools.islice(iter(full), 25))
+    resumed = ResumableTrainingSampler(10, seed=7)
+    resumed.skip = 13
+    assert list(itertools.islice(iter(resumed), 12)) == stream[13:]
+    resumed.seed = "7"  # a seed from a checkpoint's JSON
+    assert resumed.seed == 7
+
+
+def test_old_import_paths_still_work():
+    from panoptic_ext.data import samplers
+
+    assert samplers.ResumableTrainingSampler is ResumableTrainingSampler

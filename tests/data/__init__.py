@@ -1,0 +1,1 @@
+"""Tests of panoptic_ext.data, one module per module."""

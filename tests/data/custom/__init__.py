@@ -1,0 +1,1 @@
+"""Tests of panoptic_ext.data.custom (your own COCO-panoptic folders)."""
