@@ -5,13 +5,14 @@ from .combine import (
     combine_panoptic,
     combine_panoptic_crops,
 )
-from .meta_arch import PanopticFPNExt, paste_for_merge
-from .postprocess import semantic_argmax, semantic_logits
+from .meta_arch import PanopticFPNExt
+from .postprocess import MergeInputs, paste_for_merge, semantic_argmax, semantic_logits
 from .semantic_head import SemanticFPNHead, semantic_loss
 
 __all__ = [
     "COMBINE_REGISTRY",
     "HeuristicCombine",
+    "MergeInputs",
     "build_combine",
     "combine_panoptic",
     "combine_panoptic_crops",

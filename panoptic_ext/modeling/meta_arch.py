@@ -1,33 +1,59 @@
 """PanopticFPNExt: Mask R-CNN + semantic FPN head + a pluggable panoptic merge.
 
 Submodule names follow Detectron2's `PanopticFPN`, so its checkpoints (including the model zoo's
-`panoptic_fpn_R_50_*`) load with no missing or unexpected keys.
+`panoptic_fpn_R_50_*`) load with no missing or unexpected keys. This module holds training and
+the inference dispatch; the post-processing steps are in `postprocess.py`, the merge in
+`combine/`, the inference speed-ups (norm folding, channels_last, autocast) in
+`inference_opts.py`.
 """
+
+from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_sem_seg_head
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from .combine import build_combine
-from .postprocess import intra_op_threads, semantic_argmax
+from .inference_opts import (
+    FoldedNorms,
+    Patch,
+    autocast,
+    check_precision,
+    convert_channels_last,
+    float_outputs,
+    shadowed,
+)
+from .postprocess import (
+    MergeInputs,
+    intra_op_threads,
+    paste_for_merge,
+    semantic_argmax,
+    semantic_resize,
+)
 
-__all__ = ["PanopticFPNExt", "paste_for_merge"]
+__all__ = ["PanopticFPNExt"]
 
 logger = logging.getLogger(__name__)
 
 _OUTPUTS = ("instances", "sem_seg", "panoptic_seg")
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_MASK_THRESHOLD = 0.5  # detector_postprocess's default, which Detectron2's PanopticFPN uses
+
+
+class _NetworkOutputs(NamedTuple):
+    """The network's outputs for a batch, before any post-processing."""
+
+    image_sizes: list[tuple[int, int]]
+    detections: list[Instances]
+    sem_small: torch.Tensor | None  # head logits at 1/common_stride (fast semantic path)
+    sem_full: torch.Tensor | None  # head logits at the padded input size
 
 
 @META_ARCH_REGISTRY.register()
@@ -43,14 +69,15 @@ class PanopticFPNExt(GeneralizedRCNN):
         instance_loss_weight: float = 1.0,
         loss_weights: dict[str, float] | None = None,
         fast_inference: bool = True,
-        channels_last: bool = False,
-        fuse_norm: bool = False,
-        postprocess_threads: int = 0,
+        channels_last: bool = True,
+        fuse_norm: bool = True,
+        postprocess_threads: int = 1,
         precision: str = "fp32",
         outputs: Sequence[str] = _OUTPUTS,
         **kwargs,
     ):
-        """
+        """Defaults are the config's (panoptic_ext/config.py).
+
         Args:
             sem_seg_head: semantic branch; must expose `ignore_value` and `layers(features)`.
             combine: the panoptic merge, called as `combine(instances, sem_labels)`.
@@ -77,12 +104,9 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.channels_last = bool(channels_last)
         self._channels_last_done = False
         self.fuse_norm = bool(fuse_norm)
-        self._fused_cache: dict = {}
+        self._folded_norms = FoldedNorms()
         self.postprocess_threads = int(postprocess_threads)
-        if precision not in _PRECISIONS:
-            raise ValueError(f"TEST.PRECISION must be one of {sorted(_PRECISIONS)}, "
-                             f"got {precision!r}")
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.outputs = self._check_outputs(outputs)
 
     @classmethod
@@ -101,7 +125,9 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["outputs"] = tuple(ext.INFERENCE_OUTPUTS)
         return ret
 
-    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
+    def forward(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
         """Training: dict of weighted losses. Inference: see `inference`."""
         if not self.training:
             return self.inference(batched_inputs)
@@ -134,12 +160,14 @@ class PanopticFPNExt(GeneralizedRCNN):
                 losses[name] = losses[name] * w
         return losses
 
+    # ---- inference ---------------------------------------------------------------------------
+
     def inference(
         self,
-        batched_inputs: list[dict[str, torch.Tensor]],
+        batched_inputs: list[dict[str, Any]],
         do_postprocess: bool = True,
         outputs: Sequence[str] | None = None,
-    ):
+    ) -> list[dict[str, Any]] | tuple[list[Instances], torch.Tensor]:
         """Per image a dict with the requested `outputs` (default: the configured ones, all of
         "instances", "sem_seg" (C x H x W logits) and "panoptic_seg" unless changed) at the
         requested "height"/"width" (default: the input size).
@@ -150,19 +178,55 @@ class PanopticFPNExt(GeneralizedRCNN):
         network's input scale, as Detectron2's PanopticFPN does.
         """
         wanted = self._check_outputs(self.outputs if outputs is None else outputs)
+        net = self._run_network(batched_inputs, full_sem=not do_postprocess or "sem_seg" in wanted)
+        if not do_postprocess:
+            return net.detections, net.sem_full
+        results = []
+        for i, inp in enumerate(batched_inputs):
+            out, merge_inputs = self._postprocess(net, i, inp, wanted, self._mask_score_thresh())
+            if merge_inputs is not None:
+                out["panoptic_seg"] = self.merge(merge_inputs)
+            results.append({k: out[k] for k in _OUTPUTS if k in out})
+        return results
+
+    def inference_for_merge(
+        self, batched_inputs: list[dict[str, Any]], mask_score_thresh: float | None = None
+    ) -> list[MergeInputs]:
+        """Per image, what the panoptic merge reads (instances, semantic labels, mask crops) at
+        the requested output size: `inference`'s own post-processing, stopped before `merge`.
+        So `merge(x, combine)` gives what inference would with that merge strategy.
+
+        `mask_score_thresh`: paste masks for instances scoring at least this (default: the
+        merge's score threshold); a merge with a lower threshold would miss masks.
+        """
+        net = self._run_network(batched_inputs, full_sem=False)
+        thresh = self._mask_score_thresh() if mask_score_thresh is None else mask_score_thresh
+        return [self._postprocess(net, i, inp, ("panoptic_seg",), thresh)[1]
+                for i, inp in enumerate(batched_inputs)]
+
+    def merge(
+        self, inputs: MergeInputs, combine: Callable | None = None
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """The panoptic (id map, segments_info) of one image's `inference_for_merge` output,
+        by `combine` (default: the model's merge strategy)."""
+        combine = self.combine if combine is None else combine
+        with intra_op_threads(self._postprocess_threads()):  # many small ops
+            if inputs.crops is None:
+                return combine(inputs.instances, inputs.sem_labels)
+            return combine.combine_crops(inputs.instances, inputs.crops, inputs.sem_labels)
+
+    def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool) -> _NetworkOutputs:
+        """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
         images = self.preprocess_image(batched_inputs)
+        sem_small = sem_full = None
         with self._inference_precision():
             x = images.tensor
             if self.channels_last:
                 self._to_channels_last()
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.backbone(x)
-            # the pruned argmax and per-mask pasting pay on CPU; an accelerator is faster
-            # with Detectron2's full-size, batched computations (same results either way)
-            on_cpu = self.device.type == "cpu"
-            fast_sem = self.fast_inference and on_cpu and hasattr(self.sem_seg_head, "layers")
-            if fast_sem:
-                with self._autocast():
+            if self._fast_semantic():
+                with autocast(self.device.type, self.precision):
                     sem_small = self.sem_seg_head.layers(features)
                 sem_small = sem_small.float().contiguous()
             else:
@@ -172,47 +236,49 @@ class PanopticFPNExt(GeneralizedRCNN):
                 features = {k: v.contiguous() for k, v in features.items()}
             detections, _ = self.roi_heads(images, features, proposals, None)
         del features
-        if fast_sem and (not do_postprocess or "sem_seg" in wanted):
+        if sem_small is not None and full_sem:
             sem_full = self._upsample(sem_small)
-        if not do_postprocess:
-            return detections, sem_full
+        return _NetworkOutputs(list(images.image_sizes), detections, sem_small, sem_full)
 
-        threads = self.postprocess_threads if self.fast_inference else 0
+    def _postprocess(
+        self,
+        net: _NetworkOutputs,
+        i: int,
+        inp: dict[str, Any],
+        wanted: Sequence[str],
+        mask_score_thresh: float,
+    ) -> tuple[dict[str, Any], MergeInputs | None]:
+        """Image `i`'s requested "instances" / "sem_seg" outputs at its output size, and what
+        the merge reads when "panoptic_seg" is requested (else None)."""
+        det, image_size = net.detections[i], net.image_sizes[i]
+        height = inp.get("height", image_size[0])
+        width = inp.get("width", image_size[1])
+        threads = self._postprocess_threads()
         stride = getattr(self.sem_seg_head, "common_stride", None)
-        results = []
-        for i, (det, inp, image_size) in enumerate(
-            zip(detections, batched_inputs, images.image_sizes, strict=False)
-        ):
-            height = inp.get("height", image_size[0])
-            width = inp.get("width", image_size[1])
-            out: dict = {}
-            labels = None
-            if "sem_seg" in wanted or not fast_sem:
-                sem_r = self._sem_postprocess(sem_full[i], image_size, height, width)
-                if "sem_seg" in wanted:
-                    out["sem_seg"] = sem_r
-                if "panoptic_seg" in wanted:
-                    labels = (semantic_argmax(sem_small[i], stride, image_size, (height, width),
-                                              full=sem_r, threads=threads)
-                              if fast_sem else sem_r.argmax(dim=0))
-            elif "panoptic_seg" in wanted:
-                labels = semantic_argmax(sem_small[i], stride, image_size, (height, width),
-                                         threads=threads)
-            crops_ok = self.fast_inference and on_cpu and hasattr(self.combine, "combine_crops")
-            with intra_op_threads(threads):  # many small ops; results do not depend on it
-                if "instances" in wanted or not crops_ok:
-                    det_r = detector_postprocess(det, height, width)
-                    if "instances" in wanted:
-                        out["instances"] = det_r
-                    if labels is not None:
-                        out["panoptic_seg"] = self.combine(det_r, labels)
-                elif labels is not None:
-                    det_r, crops = paste_for_merge(
-                        det, height, width, getattr(self.combine, "score_thresh", -float("inf"))
-                    )
-                    out["panoptic_seg"] = self.combine.combine_crops(det_r, crops, labels)
-            results.append({k: out[k] for k in _OUTPUTS if k in out})
-        return results
+        panoptic = "panoptic_seg" in wanted
+        fast_sem = net.sem_small is not None
+        out: dict[str, Any] = {}
+        labels = None
+        if "sem_seg" in wanted or not fast_sem:
+            sem_r = self._sem_postprocess(net.sem_full[i], image_size, height, width)
+            if "sem_seg" in wanted:
+                out["sem_seg"] = sem_r
+            if panoptic:
+                labels = (semantic_argmax(net.sem_small[i], stride, image_size, (height, width),
+                                          full=sem_r, threads=threads)
+                          if fast_sem else sem_r.argmax(dim=0))
+        elif panoptic:
+            labels = semantic_argmax(net.sem_small[i], stride, image_size, (height, width),
+                                     threads=threads)
+        crops = None
+        with intra_op_threads(threads):  # many small ops; results do not depend on it
+            if "instances" in wanted or (panoptic and not self._merge_from_crops()):
+                det_r = detector_postprocess(det, height, width)
+                if "instances" in wanted:
+                    out["instances"] = det_r
+            elif panoptic:
+                det_r, crops = paste_for_merge(det, height, width, mask_score_thresh)
+        return out, (MergeInputs(det_r, labels, crops) if panoptic else None)
 
     # ---- inference helpers -------------------------------------------------------------------
 
@@ -225,6 +291,24 @@ class PanopticFPNExt(GeneralizedRCNN):
             raise ValueError(f"outputs must be a non-empty subset of {_OUTPUTS}, got {outputs!r}")
         return tuple(outputs)
 
+    def _fast_semantic(self) -> bool:
+        """The pruned argmax pays on CPU; an accelerator is faster with Detectron2's full-size,
+        batched computation (same labels either way)."""
+        return (self.fast_inference and self.device.type == "cpu"
+                and hasattr(self.sem_seg_head, "layers"))
+
+    def _merge_from_crops(self) -> bool:
+        """Per-mask pasting and the crop merge pay on CPU; an accelerator is faster with
+        Detectron2's full-size, batched pasting and the whole-tensor merge (same result)."""
+        return (self.fast_inference and self.device.type == "cpu"
+                and hasattr(self.combine, "combine_crops"))
+
+    def _mask_score_thresh(self) -> float:
+        return getattr(self.combine, "score_thresh", -float("inf"))
+
+    def _postprocess_threads(self) -> int:
+        return self.postprocess_threads if self.fast_inference else 0
+
     def _upsample(self, logits: torch.Tensor) -> torch.Tensor:
         """The head's final x`common_stride` upsampling, in float32 as Detectron2 runs it."""
         return F.interpolate(
@@ -234,10 +318,11 @@ class PanopticFPNExt(GeneralizedRCNN):
             align_corners=False,
         )
 
-    def _sem_postprocess(self, logits: torch.Tensor, image_size, height: int, width: int):
-        if self.fast_inference and (height, width) == tuple(image_size):
-            # Detectron2 resizes to the same size here, which copies every value
-            return logits[:, : image_size[0], : image_size[1]].contiguous()
+    def _sem_postprocess(
+        self, logits: torch.Tensor, image_size: tuple[int, int], height: int, width: int
+    ) -> torch.Tensor:
+        if self.fast_inference:  # the same values, minus a same-size resize (a copy)
+            return semantic_resize(logits, tuple(image_size), (height, width))
         return sem_seg_postprocess(logits, image_size, height, width)
 
     def _to_channels_last(self) -> None:
@@ -247,134 +332,27 @@ class PanopticFPNExt(GeneralizedRCNN):
         parts = [self.backbone, self.sem_seg_head, self.proposal_generator]
         if getattr(self.roi_heads, "mask_head", None) is not None:
             parts.append(self.roi_heads.mask_head)
-        for m in parts:
-            m.to(memory_format=torch.channels_last)
+        convert_channels_last(parts)
         self._channels_last_done = True
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_PRECISIONS[self.precision])
-
     @contextlib.contextmanager
-    def _inference_precision(self):
+    def _inference_precision(self) -> Iterator[None]:
         """While inside: conv + norm pairs folded (FUSE_NORM), and the convolutional parts under
         autocast (TEST.PRECISION). Everything numerically sensitive (box decoding, NMS, mask
         probabilities and pasting, semantic argmax, merge) still sees float32, as each autocast
         part returns float32. Nothing is changed outside inference (training, state_dict)."""
-        patches: list[tuple[object, str, Callable]] = []
+        patches: list[Patch] = []
         if self.fuse_norm:
-            patches += [(conv, "forward", fwd) for conv, fwd in self._fused_forwards()]
+            patches += self._folded_norms.patches(self, self.precision)
         if self.precision != "fp32":
-            if self.precision == "fp16" and self.device.type == "cpu":
-                raise ValueError("TEST.PRECISION='fp16' needs CUDA; use 'bf16' on CPU")
+            check_precision(self.precision, self.device.type)
             parts = [(self.backbone, "forward"), (self.proposal_generator.rpn_head, "forward")]
             for name in ("box_head", "mask_head"):
                 head = getattr(self.roi_heads, name, None)
                 if head is not None:
                     parts.append((head, "layers" if hasattr(head, "layers") else "forward"))
-            patches += [(obj, attr, _float_outputs(getattr(obj, attr), self._autocast))
+            patches += [(obj, attr, float_outputs(getattr(obj, attr), self.device.type,
+                                                  self.precision))
                         for obj, attr in parts]
-        for obj, attr, fn in patches:
-            obj.__dict__[attr] = fn  # an instance attribute shadows the method
-        try:
+        with shadowed(patches):
             yield
-        finally:
-            for obj, attr, _ in reversed(patches):
-                obj.__dict__.pop(attr, None)
-
-    def _fused_forwards(self) -> list[tuple[nn.Module, Callable]]:
-        """Forwards of Detectron2 `Conv2d`s followed by an inference-mode batch norm, with the
-        norm folded into the convolution's weight and bias: one pass over each activation map
-        instead of two. Folded weights are cached and rebuilt when any source tensor changes
-        (in-place updates bump `_version`; `load_state_dict` and `.to()` do)."""
-        out = []
-        for conv in self.modules():
-            norm = getattr(conv, "norm", None)
-            if not isinstance(conv, Conv2d) or not _foldable(norm):
-                continue
-            srcs = [conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
-            if conv.bias is not None:
-                srcs.append(conv.bias)
-            key = (self.precision, *((t.data_ptr(), t._version) for t in srcs))
-            cached = self._fused_cache.get(conv)
-            if cached is None or cached[0] != key:
-                with torch.no_grad():
-                    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-                    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-                    bias = norm.bias - norm.running_mean * scale
-                    if conv.bias is not None:
-                        bias = bias + conv.bias * scale
-                fmt = (torch.channels_last
-                       if conv.weight.is_contiguous(memory_format=torch.channels_last)
-                       and not conv.weight.is_contiguous() else torch.contiguous_format)
-                dtype = _PRECISIONS[self.precision]  # autocast would cast at every call
-                cached = (key, weight.to(dtype).contiguous(memory_format=fmt), bias.to(dtype))
-                self._fused_cache[conv] = cached
-            out.append((conv, _folded_forward(conv, cached[1], cached[2])))
-        return out
-
-
-def _foldable(norm) -> bool:
-    if isinstance(norm, FrozenBatchNorm2d):
-        return True
-    return (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
-            and norm.track_running_stats and norm.affine and norm.running_var is not None)
-
-
-def _folded_forward(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> Callable:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        w, b = weight, bias
-        if w.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-            w, b = w.to(x.dtype), b.to(x.dtype)  # a reduced-precision copy run outside autocast
-        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return conv.activation(y) if conv.activation is not None else y
-
-    return forward
-
-
-def _to_float(value):
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {k: _to_float(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_float(v) for v in value)
-    return value
-
-
-def _float_outputs(fn: Callable, autocast: Callable) -> Callable:
-    """`fn` run under autocast, its floating outputs returned as float32."""
-
-    def run(*args, **kwargs):
-        with autocast():
-            out = fn(*args, **kwargs)
-        return _to_float(out)
-
-    return run
-
-
-def paste_for_merge(
-    det: Instances, height: int, width: int, score_thresh: float
-) -> tuple[Instances, list]:
-    """`detector_postprocess` for the panoptic merge alone: the same boxes, scores and classes
-    (same instance indices), but masks pasted only for instances scoring at least
-    `score_thresh`, each as a crop (y0, x0, bool mask) of its box, as the merge reads them.
-    Each paste is Detectron2's own per-mask call on CPU, so pixels are identical."""
-    fields = {k: v for k, v in det.get_fields().items() if k != "pred_masks"}
-    light = Instances(det.image_size, **fields)
-    light.src_index = torch.arange(len(det), device=det.scores.device)
-    out = detector_postprocess(light, height, width)
-    src = out.src_index.tolist()
-    out.remove("src_index")
-    crops: list = [None] * len(out)
-    if not det.has("pred_masks"):
-        return out, crops
-    masks = det.pred_masks
-    boxes = out.pred_boxes.tensor
-    for i in (out.scores >= score_thresh).nonzero().flatten().tolist():
-        pasted, (sy, sx) = _do_paste_mask(
-            masks[src[i] : src[i] + 1], boxes[i : i + 1], height, width, skip_empty=True
-        )
-        crops[i] = (int(sy.start), int(sx.start), pasted[0] >= _MASK_THRESHOLD)
-    return out, crops

@@ -1,34 +1,200 @@
-"""Inference post-processing that gives Detectron2's panoptic result with less work.
+"""Inference post-processing as tensor functions: from the network's raw outputs to what the
+panoptic merge reads, at the requested output size.
 
-Detectron2 upsamples every semantic class logit to full resolution (twice when the output size
-differs from the input size) only to take an argmax. `semantic_argmax` gets the same labels from
-the 1/4-scale logits: a class can win at a pixel only if its largest source logit around the
-pixel reaches the largest smallest one of any class, because bilinear interpolation is a convex
-combination of those source values. Most pixels keep a single candidate; the rest are
-evaluated for their candidate classes only.
+Semantic labels. Detectron2 upsamples every semantic class logit to full resolution (twice when
+the output size differs from the input size) only to take an argmax. `semantic_argmax` gets the
+same labels from the 1/4-scale logits: a class can win at a pixel only if its largest source
+logit around the pixel reaches the largest smallest one of any class, because bilinear
+interpolation is a convex combination of those source values. Most pixels keep a single
+candidate; the rest are evaluated for their candidate classes only.
+
+Instances. `paste_for_merge` gives the merge Detectron2's `detector_postprocess` boxes, with
+masks pasted only where the merge reads them, each as a crop of its box.
+
+`rescale_boxes`, `paste_mask_crop`, `semantic_resize` and `panoptic_from_detections` are
+TorchScript-able: the export scripts these same functions, so the exported model has no copy
+of the post-processing of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import Boxes, Instances
+
+from .combine.batched import assign_stuff_tensor, resolve_things, thing_ids
+from .combine.cpu import Crop, score_order
 
 __all__ = [
+    "MASK_THRESHOLD",
+    "MergeInputs",
     "intra_op_threads",
+    "panoptic_from_detections",
+    "paste_for_merge",
+    "paste_mask_crop",
+    "rescale_boxes",
     "semantic_argmax",
     "semantic_argmax_stats",
     "semantic_logits",
+    "semantic_resize",
 ]
+
+MASK_THRESHOLD = 0.5  # detector_postprocess's default, which Detectron2's PanopticFPN uses
 
 # Counters for tests and the benchmark: how often the exact fallback ran.
 semantic_argmax_stats = {"calls": 0, "fallbacks": 0}
 
 _SLACK = 1e-4  # source coordinates this close to an integer may round either way
+
+
+@dataclass
+class MergeInputs:
+    """What the panoptic merge reads for one image, at the output size: instances as
+    `detector_postprocess` gives them (boxes, scores, classes; full-size `pred_masks` unless
+    `crops` is given), the semantic argmax, and optionally the instances' masks as crops (see
+    `paste_for_merge`; None for instances the merge does not read)."""
+
+    instances: Instances
+    sem_labels: torch.Tensor  # (H, W) int64
+    crops: list[Crop | None] | None = None
+
+
+# ---- TorchScript-able steps (keep to its subset of Python) -----------------------------------
+
+
+def semantic_resize(
+    logits: torch.Tensor, image_size: tuple[int, int], out_size: tuple[int, int]
+) -> torch.Tensor:
+    """(C, H, W) logits of a padded input cut to `image_size` and resized to `out_size`: the
+    values of Detectron2's `sem_seg_postprocess`, minus its resize when the output size is the
+    input size (it would only copy the values)."""
+    sem = logits[:, : image_size[0], : image_size[1]]
+    if out_size[0] == image_size[0] and out_size[1] == image_size[1]:
+        return sem.contiguous()
+    return F.interpolate(sem[None], size=(out_size[0], out_size[1]), mode="bilinear",
+                         align_corners=False)[0]
+
+
+def rescale_boxes(
+    boxes: torch.Tensor, image_size: tuple[int, int], out_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4) XYXY boxes at the network's input size scaled to `out_size` and clipped to it, and
+    which are non-empty: the boxes and the kept rows of Detectron2's `detector_postprocess`
+    (same float32 operations), without touching the input."""
+    assert bool(torch.isfinite(boxes).all()), "Box tensor contains infinite or NaN!"
+    out_h, out_w = out_size[0], out_size[1]
+    boxes = boxes.clone()
+    boxes[:, 0::2] *= float(out_w) / float(image_size[1])
+    boxes[:, 1::2] *= float(out_h) / float(image_size[0])
+    boxes = torch.stack([boxes[:, 0].clamp(min=0, max=out_w), boxes[:, 1].clamp(min=0, max=out_h),
+                         boxes[:, 2].clamp(min=0, max=out_w), boxes[:, 3].clamp(min=0, max=out_h)],
+                        dim=-1)
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 0.0) & ((boxes[:, 3] - boxes[:, 1]) > 0.0)
+    return boxes, keep
+
+
+def paste_mask_crop(
+    mask: torch.Tensor, box: torch.Tensor, img_h: int, img_w: int,
+    threshold: float = MASK_THRESHOLD,
+) -> tuple[int, int, torch.Tensor]:
+    """One (1, 1, M, M) mask probability map pasted on the region around its (1, 4) box and
+    thresholded: (y0, x0, bool crop). Pixel for pixel Detectron2's paste of a single mask on
+    CPU (`_do_paste_mask(skip_empty=True)`), which is how it pastes on CPU; the region is the
+    box widened by a pixel, so the crop holds every pixel the full-image paste would set."""
+    x0_int = int(torch.clamp(box[0, 0].floor() - 1, min=0))
+    y0_int = int(torch.clamp(box[0, 1].floor() - 1, min=0))
+    x1_int = int(torch.clamp(box[0, 2].ceil() + 1, max=img_w))
+    y1_int = int(torch.clamp(box[0, 3].ceil() + 1, max=img_h))
+    x0, y0, x1, y1 = torch.split(box, 1, dim=1)
+    img_y = torch.arange(y0_int, y1_int, device=box.device, dtype=torch.float32) + 0.5
+    img_x = torch.arange(x0_int, x1_int, device=box.device, dtype=torch.float32) + 0.5
+    img_y = (img_y - y0) / (y1 - y0) * 2 - 1
+    img_x = (img_x - x0) / (x1 - x0) * 2 - 1
+    gx = img_x[:, None, :].expand(1, img_y.size(1), img_x.size(1))
+    gy = img_y[:, :, None].expand(1, img_y.size(1), img_x.size(1))
+    grid = torch.stack([gx, gy], dim=3)
+    probs = mask if mask.is_floating_point() else mask.float()
+    pasted = F.grid_sample(probs, grid.to(probs.dtype), align_corners=False)
+    return y0_int, x0_int, pasted[0, 0] >= threshold
+
+
+def panoptic_from_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    mask_probs: torch.Tensor,
+    sem_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    out_size: tuple[int, int],
+    overlap_thresh: float,
+    stuff_area_thresh: float,
+    score_thresh: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """The panoptic result of one image from the raw network outputs (boxes at the input size,
+    (N, 1, M, M) mask probabilities, (C, H', W') semantic logits of the padded input), as the
+    eager model's CPU post-processing gives it, in tensors only: what the export scripts.
+
+    The steps are the eager model's own functions: `rescale_boxes`, `paste_mask_crop` for each
+    instance the merge reads, `semantic_resize` + argmax, then the whole-tensor merge
+    (`resolve_things`, `assign_stuff_tensor`), which gives the CPU crop merge's result.
+
+    Returns (panoptic (H, W) int32, and per segment: ids int32, contiguous category ids int64,
+    isthing bool, scores float32 (-1 for stuff), instance indices int64 (-1 for stuff), pixel
+    areas int64). Segments are in the eager order: things by score, then stuff by label.
+    """
+    out_h, out_w = out_size[0], out_size[1]
+    boxes, keep = rescale_boxes(boxes, image_size, out_size)
+    boxes, scores, classes, mask_probs = boxes[keep], scores[keep], classes[keep], mask_probs[keep]
+    order = score_order(scores, score_thresh)
+    masks = torch.zeros((order.numel(), out_h, out_w), dtype=torch.bool, device=boxes.device)
+    for j in range(order.numel()):
+        i = int(order[j])
+        y0, x0, m = paste_mask_crop(mask_probs[i : i + 1], boxes[i : i + 1], out_h, out_w)
+        masks[j, y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
+    kept, owner = resolve_things(masks, overlap_thresh)
+    panoptic = thing_ids(kept, owner)
+    things = order[kept]
+    labels = semantic_resize(sem_logits, image_size, out_size).argmax(dim=0)
+    panoptic, stuff, _ = assign_stuff_tensor(panoptic, labels, things.numel() + 1,
+                                             stuff_area_thresh)
+    n = things.numel() + stuff.numel()
+    none = torch.full([stuff.numel()], -1, dtype=torch.int64, device=boxes.device)
+    ids = torch.arange(1, n + 1, dtype=torch.int32, device=boxes.device)
+    cats = torch.cat([classes[things].long(), stuff])
+    isthing = torch.arange(n, device=boxes.device) < things.numel()
+    seg_scores = torch.cat([scores[things].float(), none.float()])
+    instance_ids = torch.cat([things, none])
+    areas = torch.bincount(panoptic.flatten().long(), minlength=n + 1)[1:]
+    return panoptic, ids, cats, isthing, seg_scores, instance_ids, areas
+
+
+# ---- eager post-processing -------------------------------------------------------------------
+
+
+def paste_for_merge(
+    det: Instances, height: int, width: int, score_thresh: float
+) -> tuple[Instances, list[Crop | None]]:
+    """`detector_postprocess` for the panoptic merge alone: the same boxes, scores and classes
+    (same instance indices), but masks pasted only for instances scoring at least
+    `score_thresh`, each as a crop (y0, x0, bool mask) of its box, as the merge reads them
+    (None for the others). Pixels are those of Detectron2's paste on CPU."""
+    boxes, keep = rescale_boxes(det.pred_boxes.tensor, det.image_size, (height, width))
+    fields = {k: v for k, v in det.get_fields().items() if k not in ("pred_boxes", "pred_masks")}
+    out = Instances((height, width), pred_boxes=Boxes(boxes), **fields)[keep]
+    crops: list[Crop | None] = [None] * len(out)
+    if not det.has("pred_masks"):
+        return out, crops
+    masks = det.pred_masks[keep]
+    boxes = out.pred_boxes.tensor
+    for i in (out.scores >= score_thresh).nonzero().flatten().tolist():
+        crops[i] = paste_mask_crop(masks[i : i + 1], boxes[i : i + 1], height, width)
+    return out, crops
 
 
 def semantic_logits(
@@ -40,9 +206,7 @@ def semantic_logits(
     `logits` are the head's 1/`scale` outputs for one (padded) image.
     """
     up = F.interpolate(logits[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
-    if tuple(out_size) == tuple(image_size):
-        return up[:, : image_size[0], : image_size[1]].contiguous()
-    return sem_seg_postprocess(up, image_size, out_size[0], out_size[1])
+    return semantic_resize(up, image_size, out_size)
 
 
 def _source_index(dst: np.ndarray, ratio: np.float32, in_size: int):
@@ -271,7 +435,6 @@ def _pruned_argmax(
         ox = c_pos[gx][:, None, :].expand(-1, rows.size, -1).flatten(1)
         labels[oy[valid], ox[valid]] = win[valid]
     return labels
-
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ the traced model returns the panoptic map at the image's own size. Writes OUT/pa
 with dataset category ids, area, bbox; things also carry their score).
 
 torchvision is imported only to register the nms / roi_align operators the traced graph calls.
-This file is a copy of panoptic_ext/run_exported_template.py, written by tools/export_model.py.
+Copied from panoptic_ext/apps/run_exported_template.py by tools/export_model.py.
 """
 
 import argparse
@@ -70,9 +70,12 @@ def to_coco(outputs, info: dict) -> tuple[np.ndarray, list]:
         ys, xs = np.nonzero(panoptic == ids[i])
         x0, y0 = int(xs.min()), int(ys.min())
         table = things if isthing[i] else stuff
+        if int(cats[i]) not in table:  # never write a contiguous id as if it were the dataset's
+            raise KeyError(f"{'thing' if isthing[i] else 'stuff'} class {int(cats[i])} is not in "
+                           "export_info.json; re-export the model with its dataset's metadata")
         seg = {
             "id": int(ids[i]),
-            "category_id": int(table.get(int(cats[i]), int(cats[i]))),
+            "category_id": int(table[int(cats[i])]),
             "isthing": bool(isthing[i]),
             "iscrowd": 0,
             "area": int(areas[i]),

@@ -1,0 +1,139 @@
+"""Inference speed-ups: folded norms, channels_last and reduced precision change only low bits,
+follow weight changes, and leave nothing patched outside inference."""
+
+import pytest
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from torch import nn
+
+from panoptic_ext.modeling.inference_opts import (
+    FoldedNorms,
+    check_precision,
+    float_outputs,
+    foldable,
+    shadowed,
+)
+
+from ..helpers.model import coco_cfg, random_inputs, tamed_model
+
+
+def _conv_bn(norm: nn.Module, bias: bool = False) -> Conv2d:
+    gen = torch.Generator().manual_seed(0)
+    conv = Conv2d(3, 8, 3, padding=1, bias=bias, norm=norm, activation=torch.relu)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        if bias:
+            conv.bias.copy_(torch.randn(8, generator=gen))
+        norm.weight.copy_(torch.rand(8, generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(8, generator=gen))
+        norm.running_mean.copy_(torch.randn(8, generator=gen))
+        norm.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
+    return conv
+
+
+@pytest.mark.parametrize("kind", ["frozen", "eval_bn", "eval_bn_bias"])
+def test_folded_conv_equals_conv_then_norm(kind):
+    norm = FrozenBatchNorm2d(8) if kind == "frozen" else nn.BatchNorm2d(8).eval()
+    conv = _conv_bn(norm, bias=kind == "eval_bn_bias")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = conv(x)
+        folder = FoldedNorms()
+        patches = folder.patches(conv)
+        assert [(obj, attr) for obj, attr, _ in patches] == [(conv, "forward")]
+        with shadowed(patches):
+            got = conv(x)
+        assert "forward" not in conv.__dict__  # the module is itself again
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+        # cached while nothing changes, rebuilt after an in-place update
+        folded = folder._cache[conv]
+        folder.patches(conv)
+        assert folder._cache[conv] is folded
+        norm.weight.mul_(2.0)
+        with shadowed(folder.patches(conv)):
+            changed = conv(x)
+        assert folder._cache[conv] is not folded
+        assert torch.allclose(changed, conv(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed, want)
+
+
+def test_only_inference_norms_fold():
+    assert foldable(FrozenBatchNorm2d(4)) and foldable(nn.BatchNorm2d(4).eval())
+    assert not foldable(nn.BatchNorm2d(4).train())
+    assert not foldable(nn.BatchNorm2d(4, track_running_stats=False).eval())
+    assert not foldable(nn.GroupNorm(2, 4)) and not foldable(None)
+    conv = Conv2d(3, 4, 3, norm=nn.BatchNorm2d(4).train())
+    assert FoldedNorms().patches(conv) == []
+
+
+def test_precision_checks_and_float_outputs():
+    assert check_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="TEST.PRECISION"):
+        check_precision("fp64")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        check_precision("fp16", "cpu")
+    lin = nn.Linear(4, 4)
+    out = float_outputs(lambda x: {"y": [lin(x)], "n": 3}, "cpu", "bf16")(torch.randn(2, 4))
+    assert out["y"][0].dtype == torch.float32 and out["n"] == 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16  # what float_outputs undoes
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = coco_cfg()  # channels_last and folded norms on, as configured by default
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.02  # still 50 detections, less NMS work
+    return tamed_model(cfg), cfg
+
+
+def test_bf16_precision_gives_valid_output(model):
+    m, cfg = model
+    cfg = cfg.clone()
+    cfg.TEST.PRECISION = "bf16"
+    bf = build_model(cfg).eval()
+    bf.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        out = bf(random_inputs())
+    for r, size in zip(out, ((250, 310), (96, 128)), strict=True):
+        pan, segs = r["panoptic_seg"]
+        assert pan.shape == size and pan.dtype == torch.int32
+        assert r["sem_seg"].dtype == torch.float32 and r["sem_seg"].shape[1:] == size
+        assert r["instances"].pred_boxes.tensor.dtype == torch.float32
+        assert len(segs) > 0
+        assert set(torch.unique(pan).tolist()) - {0} <= {s["id"] for s in segs}
+    # autocast is confined to inference: no forward left patched on the submodules
+    assert "forward" not in bf.backbone.__dict__
+    assert "forward" not in bf.proposal_generator.rpn_head.__dict__
+    cfg.TEST.PRECISION = "fp64"
+    with pytest.raises(ValueError, match="TEST.PRECISION"):
+        build_model(cfg)
+
+
+def test_fast_modes_close_to_exact_and_follow_weight_changes(model):
+    """channels_last + folded norms change only low bits; folded weights follow in-place
+    weight updates (as load_state_dict makes)."""
+    m, cfg = model
+    assert m.channels_last and m.fuse_norm
+    cfg = cfg.clone()
+    cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = False
+    cfg.MODEL.PANOPTIC_EXT.FUSE_NORM = False
+    exact = build_model(cfg).eval()
+    exact.load_state_dict(m.state_dict())
+    inputs = random_inputs()[1:]
+    for step in range(2):
+        with torch.no_grad():
+            a = m.inference(inputs, outputs=("panoptic_seg", "sem_seg"))[0]
+            b = exact(inputs)[0]
+        sem_a, sem_b = a["sem_seg"], b["sem_seg"]
+        assert (sem_a - sem_b).abs().max() <= 1e-3 * sem_b.abs().max()
+        agree = (sem_a.argmax(0) == sem_b.argmax(0)).float().mean()
+        assert agree > 0.99
+        if step == 0:
+            with torch.no_grad():
+                for net in (m, exact):
+                    net.backbone.bottom_up.stem.conv1.norm.weight.mul_(0.5)
+    with torch.no_grad():
+        for net in (m, exact):
+            net.backbone.bottom_up.stem.conv1.norm.weight.mul_(2.0)
+    assert "forward" not in m.backbone.bottom_up.stem.conv1.__dict__

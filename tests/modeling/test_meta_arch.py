@@ -1,0 +1,198 @@
+"""PanopticFPNExt on CPU: constructor defaults, loss weighting, a few training steps that learn,
+and the inference dispatch: output format, the panoptic-only path, and `inference_for_merge` +
+`merge` (what tuning runs) giving inference's panoptic result."""
+
+import inspect
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from panoptic_ext import PanopticFPNExt, add_panoptic_config
+from tests.helpers.tools import CONFIGS
+
+from ..helpers.model import coco_cfg, random_inputs, tamed_model
+
+SIZE = 64
+
+
+def _cfg(*opts):
+    cfg = add_panoptic_config(get_cfg())
+    cfg.merge_from_file(os.path.join(CONFIGS, "Synthetic", "panoptic_fpn_R_50.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+def _batch(n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        image = torch.rand(3, SIZE, SIZE, generator=gen) * 60 + 60
+        sem = torch.full((SIZE, SIZE), 1, dtype=torch.long)
+        sem[SIZE // 2:] = 2
+        boxes, masks = [], []
+        for i, (x0, y0, s) in enumerate([(6, 8, 20), (34, 30, 24)]):
+            m = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+            m[y0:y0 + s, x0:x0 + s] = True
+            image[i % 3, y0:y0 + s, x0:x0 + s] = 250
+            sem[m] = 0
+            boxes.append([x0, y0, x0 + s, y0 + s])
+            masks.append(m)
+        sem[:2] = 255  # ignored rows
+        inst = Instances((SIZE, SIZE))
+        inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.gt_classes = torch.tensor([0, 1])
+        inst.gt_masks = BitMasks(torch.stack(masks))
+        out.append({"image": image, "instances": inst, "sem_seg": sem,
+                    "height": SIZE, "width": SIZE})
+    return out
+
+
+def _losses(model, batch):
+    torch.manual_seed(0)
+    with EventStorage(0):
+        return model(batch)
+
+
+def test_loss_weights_scale_each_term():
+    torch.manual_seed(0)
+    base = build_model(_cfg())
+    weighted = build_model(_cfg("MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.loss_sem_seg", "3.0",
+                                "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "0.5"))
+    weighted.load_state_dict(base.state_dict())
+    batch = _batch()
+    a, b = _losses(base, batch), _losses(weighted, batch)
+    assert set(a) == {"loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls",
+                      "loss_box_reg", "loss_mask"}
+    assert torch.allclose(b["loss_sem_seg"], a["loss_sem_seg"] * 3.0)
+    for k in ("loss_cls", "loss_box_reg", "loss_mask"):
+        assert torch.allclose(b[k], a[k] * 0.5), k
+    for k in ("loss_rpn_cls", "loss_rpn_loc"):
+        assert torch.allclose(b[k], a[k]), k
+
+
+def test_inference_outputs_resized_to_requested_size():
+    model = build_model(_cfg()).eval()
+    batch = _batch(1)
+    batch[0]["height"], batch[0]["width"] = 96, 80
+    with torch.no_grad():
+        (out,) = model(batch)
+    assert set(out) == {"instances", "sem_seg", "panoptic_seg"}
+    assert out["sem_seg"].shape == (4, 96, 80)
+    panoptic, segments = out["panoptic_seg"]
+    assert panoptic.shape == (96, 80) and panoptic.dtype == torch.int32
+    assert out["instances"].image_size == (96, 80)
+    assert {s["id"] for s in segments} == set(panoptic.unique().tolist()) - {0}
+
+
+def test_training_without_semantic_targets_is_a_clear_error():
+    model = build_model(_cfg())
+    batch = _batch(1)
+    del batch[0]["sem_seg"]
+    with pytest.raises(ValueError, match="sem_seg"):
+        _losses(model, batch)
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = build_model(_cfg())
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batch = _batch()
+    totals = []
+    with EventStorage(0) as storage:
+        for step in range(6):
+            storage.iter = step
+            losses = model(batch)
+            total = sum(losses.values())
+            assert torch.isfinite(total)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            totals.append(total.item())
+    assert totals[-1] < totals[0] * 0.8, totals
+
+
+def test_constructor_defaults_are_the_config_defaults():
+    """A model built without a config behaves as one built from the default config."""
+    ext = add_panoptic_config(get_cfg()).MODEL.PANOPTIC_EXT
+    params = inspect.signature(PanopticFPNExt.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults["fast_inference"] == ext.FAST_INFERENCE is True
+    assert defaults["channels_last"] == ext.CHANNELS_LAST is True
+    assert defaults["fuse_norm"] == ext.FUSE_NORM is True
+    assert defaults["postprocess_threads"] == ext.POSTPROCESS_THREADS == 1
+    assert list(defaults["outputs"]) == list(ext.INFERENCE_OUTPUTS)
+    assert defaults["precision"] == add_panoptic_config(get_cfg()).TEST.PRECISION.lower()
+
+
+@pytest.fixture(scope="module")
+def coco_model():
+    cfg = coco_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.02  # still 50 detections, less NMS work
+    return tamed_model(cfg)
+
+
+def test_panoptic_only_equals_full_path(coco_model):
+    m = coco_model
+    inputs = random_inputs()
+    old = m.combine.score_thresh
+    with torch.no_grad():
+        full = m(inputs)
+        try:
+            # half the detections below the merge threshold: they are never pasted
+            scores = torch.cat([r["instances"].scores for r in full])
+            m.combine.score_thresh = float(scores.median())
+            only = m.inference(inputs, outputs=("panoptic_seg",))
+            ref = [m.combine(r["instances"], r["sem_seg"].argmax(dim=0)) for r in full]
+        finally:
+            m.combine.score_thresh = old
+    things = 0
+    for r, o in zip(ref, only, strict=True):
+        assert set(o) == {"panoptic_seg"}
+        assert torch.equal(r[0], o["panoptic_seg"][0])
+        assert r[1] == o["panoptic_seg"][1]
+        things += sum(s["isthing"] for s in r[1])
+    assert things > 5
+    assert only[0]["panoptic_seg"][0].shape == (250, 310)
+    with torch.no_grad():
+        sem_only = m.inference(inputs, outputs=("sem_seg",))
+    assert [set(o) for o in sem_only] == [{"sem_seg"}] * 2
+    assert all(torch.equal(o["sem_seg"], r["sem_seg"]) for o, r in zip(sem_only, full,
+                                                                       strict=True))
+    with pytest.raises(ValueError, match="outputs"):
+        m.inference(inputs, outputs=("nope",))
+
+
+def test_inference_for_merge_then_merge_is_inference(coco_model):
+    """`inference_for_merge` + `merge` with another strategy object (other score threshold,
+    masks pasted down to it) is inference with that strategy: one post-processing path."""
+    m = coco_model
+    inputs = random_inputs()
+    base = m.combine
+    with torch.no_grad():
+        merge_inputs = m.inference_for_merge(inputs, mask_score_thresh=0.0)  # every mask
+        scores = torch.cat([x.instances.scores for x in merge_inputs])
+        high, low = float(scores.quantile(0.75)), float(scores.median())
+        try:
+            m.combine = base.with_thresholds(score_thresh=high)
+            default_inputs = m.inference_for_merge(inputs)  # masks down to the merge's threshold
+            for thresh in (high, low):
+                m.combine = base.with_thresholds(score_thresh=thresh)
+                want = m.inference(inputs, outputs=("panoptic_seg",))
+                for x, w in zip(merge_inputs, want, strict=True):
+                    got = m.merge(x, m.combine)
+                    assert torch.equal(got[0], w["panoptic_seg"][0])
+                    assert got[1] == w["panoptic_seg"][1]
+        finally:
+            m.combine = base
+    for x, d, inp in zip(merge_inputs, default_inputs, inputs, strict=True):
+        size = (inp.get("height", inp["image"].shape[1]), inp.get("width", inp["image"].shape[2]))
+        assert x.sem_labels.shape == size and x.instances.image_size == size
+        assert x.crops is not None and all(c is not None for c in x.crops)  # CPU: crops
+        assert [c is not None for c in d.crops] == (d.instances.scores >= high).tolist()
+        assert 0 < sum(c is not None for c in d.crops) < len(d.crops)
