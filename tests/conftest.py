@@ -5,8 +5,15 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
-COCO_3X = os.path.join(CONFIGS, "COCO-PanopticSegmentation", "panoptic_fpn_R_50_3x.yaml")
+if REPO not in sys.path:  # benchmarks/ is not installed: tests import it from here
+    sys.path.insert(0, REPO)
+
+from tests.helpers.tools import (  # noqa: E402
+    COCO_3X,
+    SYNTHETIC_CONFIG,
+    TINY_OPTS,
+    TINY_TRAIN_OPTS,
+)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -56,3 +63,45 @@ def data(pristine, tmp_path):
     register_synthetic(tmp_path)
     yield tmp_path / "synthetic_panoptic"
     register_synthetic()
+
+
+# ---- tests/apps: a 64-px synthetic dataset and a model trained 2 iterations on it ------------
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """(dataset root, weights path): the synthetic dataset and a model trained 2 iterations on
+    it (tools/train_net.py in a subprocess), made once per session as training is the slow
+    part. Nothing is registered: a module registers the root for its tests (`tiny_root`)."""
+    import subprocess
+
+    from panoptic_ext.data import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_datasets")
+    generate_synthetic_dataset(root, seed=5, num_train=4, num_val=2, size=64, progress=False)
+    out = tmp_path_factory.mktemp("tiny_train")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, "tools/train_net.py", "--config-file", SYNTHETIC_CONFIG, *TINY_OPTS,
+         *TINY_TRAIN_OPTS, "OUTPUT_DIR", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, str(out / "model_final.pth")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tiny_trained):
+    """`tiny_trained`'s dataset root, registered under the synthetic names for the module."""
+    from panoptic_ext.data import register_synthetic
+
+    root = tiny_trained[0]
+    register_synthetic(root)
+    yield root
+    register_synthetic()
+
+
+@pytest.fixture(scope="module")
+def tiny_opts(tiny_trained):
+    """`TINY_OPTS` with the trained weights: config overrides for the tools."""
+    return [*TINY_OPTS, "MODEL.WEIGHTS", tiny_trained[1]]

@@ -6,8 +6,7 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from panoptic_ext import add_panoptic_config
-
-from .conftest import COCO_3X, CONFIGS
+from tests.helpers.tools import COCO_3X, CONFIGS
 
 OURS_ONLY = {"MODEL.META_ARCHITECTURE", "MODEL.SEM_SEG_HEAD.NAME"}
 

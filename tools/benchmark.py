@@ -7,22 +7,27 @@
         MODEL.WEIGHTS /tmp/run400/model_final.pth TEST.PRECISION bf16 --outputs panoptic_seg
 
 Prints per-stage and end-to-end latency of both, their ratio, and the agreement of our
-panoptic output with Detectron2's. The logic lives in ``panoptic_ext.benchmark``.
+panoptic output with Detectron2's. The logic lives in ``benchmarks/model_speed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from panoptic_ext.benchmark import (
+# benchmarks/ is not installed: import it from the checkout this script sits in
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.model_speed import (
     format_combine_report,
     format_report,
     run_benchmark,
     run_combine_benchmark,
-    setup_cfg,
 )
+from panoptic_ext.cli import parse_args_and_overrides
+from panoptic_ext.engine.defaults import setup_cfg
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -54,14 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. 10 50 100) on MODEL.DEVICE; needs no weights")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per N with "
                         "--combine-only")
-    args, opts = parser.parse_known_args(argv)
-    unknown = [o for o in opts if o.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args, opts = parse_args_and_overrides(parser, argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
-    if len(opts) % 2:
-        parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
 
     cfg = setup_cfg(args.config_file, opts)
     if args.combine_only:

@@ -11,13 +11,10 @@
 import argparse
 import sys
 
-import numpy as np
-from detectron2.config import get_cfg
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext import add_panoptic_config
-from panoptic_ext.demo import PanopticDemo, VideoSourceError, collect_inputs
+from panoptic_ext.apps.demo import PanopticDemo, VideoSourceError, collect_inputs
+from panoptic_ext.engine import setup_cfg as engine_setup_cfg
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -37,40 +34,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_panoptic_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The package's one setup; --confidence-threshold sets both score thresholds."""
+    opts = list(args.opts)
     if args.confidence_threshold is not None:
         t = args.confidence_threshold
         if not 0.0 <= t <= 1.0:
             raise SystemExit(f"--confidence-threshold must be in [0, 1], got {t}")
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = t
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = t
-    cfg.freeze()
-    return cfg
-
-
-def show(demo: PanopticDemo, files) -> int:
-    import cv2
-
-    failed = 0
-    for path in files:
-        try:
-            image = read_image(path, format="BGR")
-        except Exception as e:
-            print(f"ERROR: cannot read image {path}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        picture = demo.draw(image, demo.predict(image))
-        try:
-            cv2.imshow("panoptic_ext", np.ascontiguousarray(picture[:, :, ::-1]))
-        except cv2.error as e:
-            msg = f"Cannot open a window ({e}); pass --output DIR to save results"
-            raise SystemExit(msg) from e
-        if cv2.waitKey(0) == 27:  # Esc quits
-            break
-    return failed
+        opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(t),
+                 "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", str(t)]
+    return engine_setup_cfg(args.config_file, opts, eval_only=True)
 
 
 def run_video(args) -> int:
@@ -104,7 +76,11 @@ def main(argv=None) -> int:
     if args.output:
         failed = len(demo.run_files(files, args.output))
     else:
-        failed = show(demo, files)
+        try:
+            failed = demo.show_files(files)
+        except VideoSourceError as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 1
     if failed or problems:
         print(f"{failed + len(problems)} input(s) failed", file=sys.stderr)
         return 1

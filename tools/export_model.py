@@ -8,18 +8,17 @@
 Writes OUTPUT/model.ts (traced), OUTPUT/export_info.json (resize, categories, merge thresholds)
 and OUTPUT/run_exported.py, then checks the traced panoptic output against the eager model on
 the sample image (default: the first image of DATASETS.TEST[0]); exits 1 if they differ.
-The logic lives in ``panoptic_ext.export``.
+The logic lives in ``panoptic_ext.apps.export``.
 """
 
 import argparse
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext import add_panoptic_config
+from panoptic_ext.apps.export import export_torchscript
 from panoptic_ext.cli import parse_args_and_overrides
-from panoptic_ext.export import export_torchscript
+from panoptic_ext.engine import setup_cfg
 
 
 def main(argv=None) -> int:
@@ -31,9 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-image", metavar="IMG", help="image to trace and check with")
     args, opts = parse_args_and_overrides(parser, argv)
     setup_logger(name="panoptic_ext")
-    cfg = add_panoptic_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(opts)
+    cfg = setup_cfg(args.config_file, opts, eval_only=True)
     report = export_torchscript(cfg, args.output, sample_image=args.sample_image)
     print(f"Exported to {report.output_dir}: model.ts, export_info.json, run_exported.py")
     print(f"Check on {report.sample_image} (input {report.input_size[0]}x{report.input_size[1]}, "

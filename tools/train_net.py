@@ -11,41 +11,19 @@
 """
 
 import argparse
-import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
-from panoptic_ext.data import check_dataset_names
 from panoptic_ext.data.custom import FOLDER_SPEC
-from panoptic_ext.engine import (
-    Trainer,
-    TrainingInterrupted,
-    check_head_shapes,
-    checkpoint_to_load,
-    setup_cfg,
-)
+from panoptic_ext.engine import setup
+from panoptic_ext.engine.trainer import evaluate_only, train
 
 
 def main(args):
-    cfg = setup_cfg(args)
+    cfg = setup(args)
     if args.eval_only:
-        check_dataset_names(cfg, ("DATASETS.TEST",))
-        model = Trainer.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
-        check_head_shapes(model, path, strict=True, dataset=", ".join(cfg.DATASETS.TEST))
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    try:
-        return trainer.train()
-    except TrainingInterrupted as e:
-        logging.getLogger("panoptic_ext").warning(
-            f"Training {e}; saved {e.checkpoint}. Rerun with --resume to continue."
-        )
-        return None
+        return evaluate_only(cfg, resume=args.resume)
+    return train(cfg, resume=args.resume)
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -9,19 +9,18 @@
 Runs the model once over the dataset (default DATASETS.TEST[0]), merges every setting of a grid
 (OVERLAP_THRESH x STUFF_AREA_LIMIT x INSTANCES_CONFIDENCE_THRESH, always including the
 config's values), prints them sorted by PQ and writes the best as a config fragment
-(default OUTPUT_DIR/combine_tuned.yaml). The logic lives in ``panoptic_ext.tune``.
+(default OUTPUT_DIR/combine_tuned.yaml). The logic lives in ``panoptic_ext.apps.tune``.
 """
 
 import argparse
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext import add_panoptic_config
+from panoptic_ext.apps.tune import format_results, tune_combine, write_tuned_yaml
 from panoptic_ext.cli import parse_args_and_overrides
-from panoptic_ext.tune import format_results, tune_combine, write_tuned_yaml
+from panoptic_ext.engine import setup_cfg
 
 
 def _floats(text: str) -> list[float]:
@@ -55,10 +54,7 @@ def main(argv=None) -> int:
         parser.error("--max-images must be >= 1")
 
     setup_logger(name="panoptic_ext")
-    cfg = add_panoptic_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, opts, eval_only=True)
     result = tune_combine(cfg, args.dataset, overlaps=args.overlap_thresh,
                           stuff_areas=args.stuff_area, scores=args.score_thresh,
                           max_images=args.max_images)

@@ -1,6 +1,11 @@
+"""Training and tool setup: the config setup every tool calls (:mod:`.defaults`), the trainer,
+its loop, hooks and checkpoints."""
+
+from ..evaluation.build import MetricsJSONWriter, build_panoptic_evaluators
 from .checkpoint import HeadShapeMismatch, check_head_shapes, checkpoint_to_load
+from .defaults import panoptic_metadata, setup, setup_cfg
 from .hooks import TrainingInterrupted
-from .trainer import MetricsJSONWriter, Trainer, build_panoptic_evaluators, setup_cfg
+from .trainer import Trainer
 
 __all__ = [
     "HeadShapeMismatch",
@@ -10,5 +15,7 @@ __all__ = [
     "build_panoptic_evaluators",
     "check_head_shapes",
     "checkpoint_to_load",
+    "panoptic_metadata",
+    "setup",
     "setup_cfg",
 ]

@@ -12,6 +12,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from ..utils.io import atomic_write, atomic_writer
+
 __all__ = [
     "AtomicCheckpointer",
     "HeadShapeMismatch",
@@ -23,28 +25,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over `path`."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    """Kept for old imports: :func:`panoptic_ext.utils.io.atomic_write` with ``durable``."""
+    atomic_write(path, data, durable=True)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -61,22 +44,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        tmp = f"{save_file}.tmp.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, save_file)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        _fsync_dir(self.save_dir)
+        with atomic_writer(save_file, durable=True) as f:
+            torch.save(data, f)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write_bytes(path, last_filename_basename.encode())
+        atomic_write(path, last_filename_basename, durable=True)
 
     def get_checkpoint_file(self) -> str:
         """The pointed-to checkpoint; a pointer to a missing file is an error, not a silent

@@ -4,108 +4,34 @@ import json
 import logging
 import os
 import weakref
-from collections import OrderedDict
-from typing import Any
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetMapper,
-    MetadataCatalog,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
-from detectron2.evaluation import (
-    COCOEvaluator,
-    DatasetEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import add_panoptic_config
 from ..data import SkippedSamplesHook, validate_cfg_datasets
 from ..data import build_train_loader as build_safe_train_loader
-from ..data.custom import configure_panoptic_folders, prepare_cfg_folders
-from ..data.samplers import ResumableTrainingSampler
-from ..evaluation import PanopticEvaluator
+from ..data.loader import ResumableTrainingSampler
+from ..data.validate import check_dataset_names
+from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
 from .checkpoint import AtomicCheckpointer, check_head_shapes, checkpoint_to_load
-from .hooks import GracefulStop
+from .defaults import setup_cfg
+from .hooks import GracefulStop, TrainingInterrupted
 from .train_loop import PanopticTrainLoop, parse_dtype
 
-__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "setup_cfg"]
+# MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
+__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "evaluate_only",
+           "setup_cfg", "train"]
 
 logger = logging.getLogger(__name__)
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return obj
-
-
-class MetricsJSONWriter(DatasetEvaluator):
-    """Runs wrapped evaluators and writes their merged results to a JSON file.
-
-    Written atomically (temp file + rename) so a reader never sees half a file.
-    """
-
-    def __init__(self, evaluator: DatasetEvaluator, path: str):
-        self._evaluator = evaluator
-        self._path = path
-
-    def reset(self) -> None:
-        self._evaluator.reset()
-
-    def process(self, inputs, outputs) -> None:
-        self._evaluator.process(inputs, outputs)
-
-    def evaluate(self):
-        results = self._evaluator.evaluate()
-        if comm.is_main_process() and results is not None:
-            os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            tmp = self._path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(_to_jsonable(results), f, indent=2)
-            os.replace(tmp, self._path)
-            logger.info(f"Wrote evaluation results to {self._path}")
-        return results
-
-
-def build_panoptic_evaluators(
-    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
-) -> list[DatasetEvaluator]:
-    """PQ, box/mask AP and mIoU for a panoptic dataset; what applies for others."""
-    meta = MetadataCatalog.get(dataset_name)
-    evaluator_type = getattr(meta, "evaluator_type", None)
-    evaluators: list[DatasetEvaluator] = []
-    if evaluator_type in ("coco_panoptic_seg", "sem_seg") and hasattr(meta, "sem_seg_root"):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
-    if evaluator_type in ("coco", "coco_panoptic_seg") and hasattr(meta, "json_file"):
-        # Name the tasks: inferred from predictions, "segm" would vanish when a model predicts
-        # nothing yet.
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
-    if evaluator_type == "coco_panoptic_seg":
-        evaluators.append(_panoptic_evaluator(dataset_name, output_folder))
-    if not evaluators:
-        raise NotImplementedError(
-            f"No evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r})"
-        )
-    return evaluators
-
-
-def _panoptic_evaluator(dataset_name: str, output_folder: str | None) -> DatasetEvaluator:
-    # In-memory, exact PQ (same numbers as COCOPanopticEvaluator, no PNG round trip).
-    return PanopticEvaluator(dataset_name, output_dir=output_folder)
 
 
 def create_ddp_model(model: torch.nn.Module, device: str) -> torch.nn.Module:
@@ -138,6 +64,9 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # This run's sampler (None for other samplers: then no exact data-order resume).
+        sampler = getattr(data_loader, "sampler", None)
+        self._sampler = sampler if isinstance(sampler, ResumableTrainingSampler) else None
         model = create_ddp_model(model, cfg.MODEL.DEVICE)
         self._trainer = PanopticTrainLoop(
             model, data_loader, optimizer, device_type=device_type, autocast_dtype=autocast_dtype
@@ -151,7 +80,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """Detectron2's loader, with a sampler whose position survives a resume."""
+        """Detectron2's loader, with a sampler whose position survives a resume.
+
+        The sampler travels on the loader (``loader.sampler``), not on the class: Detectron2
+        calls this again for PreciseBN, and that second loader must not take over the
+        position the resume restores.
+        """
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
@@ -159,8 +93,10 @@ class Trainer(DefaultTrainer):
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return build_safe_train_loader(cfg, mapper, dataset=dataset)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        cls._sampler = ResumableTrainingSampler(len(dataset), seed=seed)
-        return build_safe_train_loader(cfg, mapper, dataset=dataset, sampler=cls._sampler)
+        sampler = ResumableTrainingSampler(len(dataset), seed=seed)
+        loader = build_safe_train_loader(cfg, mapper, dataset=dataset, sampler=sampler)
+        loader.sampler = sampler
+        return loader
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -181,16 +117,14 @@ class Trainer(DefaultTrainer):
 
     def state_dict(self) -> dict:
         ret = super().state_dict()
-        sampler = getattr(self, "_sampler", None)
-        if sampler is not None:
-            ret["data_seed"] = sampler.seed
+        if self._sampler is not None:
+            ret["data_seed"] = self._sampler.seed
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        sampler = getattr(self, "_sampler", None)
-        if sampler is not None and "data_seed" in state_dict:
-            sampler.seed = state_dict["data_seed"]
+        if self._sampler is not None and "data_seed" in state_dict:
+            self._sampler.seed = state_dict["data_seed"]
 
     def resume_or_load(self, resume: bool = True) -> None:
         if comm.is_main_process():  # heads for other classes: say so by name (warning)
@@ -198,9 +132,8 @@ class Trainer(DefaultTrainer):
             check_head_shapes(self.model, path, dataset=", ".join(self.cfg.DATASETS.TRAIN))
         super().resume_or_load(resume=resume)
         if resume and self.start_iter > 0:
-            sampler = getattr(self, "_sampler", None)
-            if sampler is not None:
-                sampler.skip = self.start_iter * (
+            if self._sampler is not None:
+                self._sampler.skip = self.start_iter * (
                     self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
                 )
             if comm.is_main_process():
@@ -209,12 +142,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluators = build_panoptic_evaluators(cfg, dataset_name, output_folder)
-        return MetricsJSONWriter(
-            DatasetEvaluators(evaluators), os.path.join(output_folder, "metrics.json")
-        )
+        return build_evaluator(cfg, dataset_name, output_folder)
 
 
 def _truncate_metrics_log(path: str, start_iter: int) -> None:
@@ -240,35 +168,25 @@ def _truncate_metrics_log(path: str, start_iter: int) -> None:
         f.truncate(offset)
 
 
-def setup_cfg(args) -> CfgNode:
-    """Config from --config-file and KEY VALUE overrides, with our keys; also default_setup."""
-    cfg = get_cfg()
-    add_panoptic_config(cfg)
-    if args.config_file:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    # --dataset / DATASETS.PANOPTIC_FOLDERS: registered in every process (DDP workers too).
-    eval_only = bool(getattr(args, "eval_only", False))
-    notes = configure_panoptic_folders(
-        cfg, getattr(args, "dataset", None) or (), args.opts or (), eval_only
-    )
-    cfg.freeze()
-    default_setup(cfg, args)
-    # default_setup configures only detectron2's and fvcore's loggers; ours says what it changed.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panoptic_ext")
-    for note in notes:  # what the dataset changed; a command-line value that disagrees warns
-        if "command line" in note:
-            logger.warning(note)
-        else:
-            logger.info(note)
-    prepare_cfg_folders(cfg, eval_only)
-    return cfg
+def evaluate_only(cfg: CfgNode, resume: bool = False):
+    """``--eval-only``: the weights of ``MODEL.WEIGHTS`` (or the last checkpoint with
+    ``resume``), refused when the heads do not fit the test set's categories."""
+    check_dataset_names(cfg, ("DATASETS.TEST",))
+    model = Trainer.build_model(cfg)
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, resume)
+    check_head_shapes(model, path, strict=True, dataset=", ".join(cfg.DATASETS.TEST))
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    return Trainer.test(cfg, model)
 
 
-def evaluation_summary(results: dict[str, Any]) -> "OrderedDict[str, float]":
-    """PQ/SQ/RQ (all, things, stuff) from a results dict, for one-line reports."""
-    pan = results.get("panoptic_seg", {})
-    keys = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
-    return OrderedDict((k, float(pan[k])) for k in keys if k in pan)
+def train(cfg: CfgNode, resume: bool = False):
+    """Train (continuing the last checkpoint with ``resume``); a SIGTERM/SIGINT stop is a
+    normal end with a checkpoint, reported with how to continue."""
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    try:
+        return trainer.train()
+    except TrainingInterrupted as e:
+        logger.warning(f"Training {e}; saved {e.checkpoint}. Rerun with --resume to continue.")
+        return None

@@ -2,9 +2,13 @@
 
 ``pq_compute`` replaces ``panopticapi.evaluation.pq_compute`` (same results, same errors);
 ``image_pq_stats`` + ``PQStats`` + ``summarize_pq`` give the same numbers from in-memory id
-maps; ``PanopticEvaluator`` replaces Detectron2's ``COCOPanopticEvaluator``.
+maps; ``PanopticEvaluator`` replaces Detectron2's ``COCOPanopticEvaluator``; ``build_evaluator`` is
+the evaluator set (PQ, AP, mIoU) every tool uses; ``PanopticGroundTruth`` reads a dataset's
+ground truth for every scorer.
 """
 
+from .build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
+from .ground_truth import PanopticGroundTruth
 from .panoptic_evaluator import PanopticEvaluator, pq_results_to_metrics
 from .pq import (
     OFFSET,
@@ -24,6 +28,10 @@ from .pq import (
 )
 
 __all__ = [
+    "MetricsJSONWriter",
+    "PanopticGroundTruth",
+    "build_evaluator",
+    "build_panoptic_evaluators",
     "OFFSET",
     "VOID",
     "PanopticEvaluator",

@@ -19,23 +19,14 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
-from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .pq import (
-    OFFSET,
-    PanopticFormatError,
-    PQStats,
-    _image_pq_stats,
-    format_class_table,
-    format_summary_table,
-    read_panoptic_png,
-    summarize_pq,
-)
+from ..formats import OFFSET, PanopticFormatError, encode_panoptic_png
+from .ground_truth import PanopticGroundTruth
+from .pq import PQStats, _image_pq_stats, format_class_table, format_summary_table, summarize_pq
 
 __all__ = ["PanopticEvaluator", "pq_results_to_metrics"]
 
@@ -99,79 +90,24 @@ class PanopticEvaluator(DatasetEvaluator):
         self, dataset_name: str, output_dir: str | None = None, save_panoptic: bool = False
     ) -> None:
         self._dataset_name = dataset_name
-        self._metadata = MetadataCatalog.get(dataset_name)
-        for key in ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_id",
-                    "stuff_dataset_id_to_contiguous_id"):
-            if not hasattr(self._metadata, key):
-                raise KeyError(f"Metadata of dataset '{dataset_name}' has no '{key}'; register "
-                               "it with detectron2's register_coco_panoptic(_separated).")
-        self._thing_dataset_ids = set(self._metadata.thing_dataset_id_to_contiguous_id.values())
-        self._thing_contiguous_to_dataset = {
-            v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()
-        }
-        self._stuff_contiguous_to_dataset = {
-            v: k for k, v in self._metadata.stuff_dataset_id_to_contiguous_id.items()
-        }
+        self._gt = PanopticGroundTruth(dataset_name)
+        self._metadata = self._gt.metadata
         self._output_dir = output_dir
         self._save = bool(save_panoptic)
         if self._save and not output_dir:
             raise ValueError("save_panoptic=True needs an output_dir")
         if self._save:
             PathManager.mkdirs(os.path.join(output_dir, "predictions"))
-        self._gt: dict | None = None
         self.last_results: dict | None = None
         self.last_stats: PQStats | None = None
         self.reset()
 
-    # ---------------------------------------------------------------- ground truth
-    def _load_gt(self) -> dict:
-        if self._gt is None:
-            json_path = PathManager.get_local_path(self._metadata.panoptic_json)
-            with open(json_path) as f:
-                gt_json = json.load(f)
-            anns = gt_json["annotations"]
-            self._gt = {
-                "root": PathManager.get_local_path(self._metadata.panoptic_root),
-                "json": json_path,
-                "categories": {c["id"]: c for c in gt_json["categories"]},
-                "by_id": {a["image_id"]: a for a in anns},
-                "by_stem": {os.path.splitext(a["file_name"])[0]: a for a in anns},
-                "image_ids": [a["image_id"] for a in anns],
-                "header": {k: v for k, v in gt_json.items() if k != "annotations"},
-            }
+    @property
+    def ground_truth(self) -> PanopticGroundTruth:
+        """The dataset's ground truth (its JSON is read on first use)."""
         return self._gt
 
-    def _gt_annotation(self, inp: Mapping[str, Any]) -> Mapping[str, Any]:
-        gt = self._load_gt()
-        image_id = inp.get("image_id")
-        ann = gt["by_id"].get(image_id)
-        if ann is None and "file_name" in inp:
-            ann = gt["by_stem"].get(os.path.splitext(os.path.basename(inp["file_name"]))[0])
-        if ann is None:
-            raise PanopticFormatError(
-                f"In the image with ID {image_id} ({inp.get('file_name')}): no ground truth "
-                f"annotation with this image_id or file name in {gt['json']}."
-            )
-        return ann
-
     # ---------------------------------------------------------------- predictions
-    def _convert_category_id(self, seg: Mapping[str, Any], image_id: Any) -> dict:
-        seg = dict(seg)  # never modify the model's output
-        isthing = seg.pop("isthing", None)
-        if isthing is None:  # the model already produces dataset category ids
-            return seg
-        table = (self._thing_contiguous_to_dataset if isthing
-                 else self._stuff_contiguous_to_dataset)
-        try:
-            seg["category_id"] = table[seg["category_id"]]
-        except KeyError:
-            raise PanopticFormatError(
-                f"In the image with ID {image_id} segment with ID {seg.get('id')} has "
-                f"{'thing' if isthing else 'stuff'} category_id {seg.get('category_id')} "
-                f"unknown to the metadata of '{self._dataset_name}'."
-            ) from None
-        return seg
-
     def _prediction(
         self, panoptic_img: Any, segments_info: Sequence[Mapping[str, Any]] | None, image_id: Any
     ) -> tuple[np.ndarray, list[dict]]:
@@ -196,9 +132,9 @@ class PanopticEvaluator(DatasetEvaluator):
                     continue
                 pred_class = label // label_divisor
                 segments_info.append({"id": label + 1, "category_id": pred_class,
-                                      "isthing": pred_class in self._thing_dataset_ids})
+                                      "isthing": pred_class in self._gt.thing_contiguous_ids})
             pred = pred.astype(np.int64) + 1
-        segments = [self._convert_category_id(s, image_id) for s in segments_info]
+        segments = self._gt.to_dataset_categories(segments_info, image_id)
         if pred.size and (int(pred.min()) < 0 or int(pred.max()) >= OFFSET):
             pred = np.mod(pred.astype(np.int64), OFFSET)  # what writing RGB (id2rgb) does
         return pred, segments
@@ -217,21 +153,21 @@ class PanopticEvaluator(DatasetEvaluator):
         return self.timing["seconds"] / max(1, self.timing["images"])
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]) -> None:
-        gt = self._load_gt()
+        gt = self._gt
         for inp, out in zip(inputs, outputs, strict=True):
             start = time.perf_counter()
             panoptic_img, segments_info = out["panoptic_seg"]
-            gt_ann = self._gt_annotation(inp)
+            gt_ann = gt.annotation(inp)
             image_id = gt_ann["image_id"]
             if image_id in self._image_ids:
                 logger.warning(f"Image {image_id} was processed twice; keeping the first result.")
                 continue
             pred, segments = self._prediction(panoptic_img, segments_info, image_id)
             t_gt = time.perf_counter()
-            gt_ids = read_panoptic_png(os.path.join(gt["root"], gt_ann["file_name"]), image_id)
+            gt_ids = gt.read(gt_ann)
             t_stats = time.perf_counter()
             stats = _image_pq_stats(gt_ids, gt_ann["segments_info"], pred, segments,
-                                    gt["categories"], image_id)
+                                    gt.categories, image_id)
             t_save = time.perf_counter()
             self._stats.merge(stats)
             self._image_ids.add(image_id)
@@ -248,14 +184,9 @@ class PanopticEvaluator(DatasetEvaluator):
         self, inp: Mapping[str, Any], image_id: Any, pred: np.ndarray, segments: list[dict]
     ) -> None:
         file_name = _stem_png(inp.get("file_name", f"{image_id}.png"))
-        ids = pred.astype(np.uint32)
-        bgr = np.stack([(ids >> 16) & 255, (ids >> 8) & 255, ids & 255], axis=-1)
         path = os.path.join(self._output_dir, "predictions", file_name)
-        ok, buf = cv2.imencode(".png", bgr.astype(np.uint8))
-        if not ok:
-            raise OSError(f"could not encode the prediction of image {image_id}")
         with PathManager.open(path, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(encode_panoptic_png(pred))
         self._predictions.append({"image_id": image_id, "file_name": file_name,
                                   "segments_info": _json_safe(copy.deepcopy(segments))})
 
@@ -266,7 +197,7 @@ class PanopticEvaluator(DatasetEvaluator):
         gathered = comm.gather(payload, dst=0)
         if not comm.is_main_process():
             return None
-        gt = self._load_gt()
+        gt = self._gt
         stats = PQStats()
         seen: set = set()
         overlap = 0
@@ -278,22 +209,23 @@ class PanopticEvaluator(DatasetEvaluator):
         if overlap:
             logger.warning(f"{overlap} images were evaluated on more than one rank and are "
                            "counted more than once.")
-        missing = len(set(gt["image_ids"]) - seen)
+        missing = len(set(gt.image_ids) - seen)
         if missing:
-            logger.warning(f"{missing} of {len(gt['image_ids'])} ground truth images of "
+            logger.warning(f"{missing} of {len(gt.image_ids)} ground truth images of "
                            f"'{self._dataset_name}' got no prediction; PQ covers the "
                            f"{len(seen)} evaluated images (panopticapi would refuse).")
-        pq_res = summarize_pq(stats, gt["categories"])
+        pq_res = summarize_pq(stats, gt.categories)
         self.last_results, self.last_stats = pq_res, stats
         if self._save:
             self._write_predictions_json(gt, [p for part in gathered for p in part["predictions"]])
         logger.info("Panoptic Evaluation Results:\n" + format_summary_table(pq_res))
         logger.info("Per-category panoptic results:\n"
-                    + format_class_table(pq_res, gt["categories"], stats))
-        return OrderedDict({"panoptic_seg": pq_results_to_metrics(pq_res, gt["categories"])})
+                    + format_class_table(pq_res, gt.categories, stats))
+        return OrderedDict({"panoptic_seg": pq_results_to_metrics(pq_res, gt.categories)})
 
-    def _write_predictions_json(self, gt: dict, predictions: list[dict]) -> None:
-        data = dict(gt["header"])
+    def _write_predictions_json(self, gt: PanopticGroundTruth, predictions: list[dict]
+                                ) -> None:
+        data = dict(gt.header)
         data["annotations"] = predictions
         path = os.path.join(self._output_dir, "predictions.json")
         with PathManager.open(path, "w") as f:

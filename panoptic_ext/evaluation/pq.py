@@ -17,16 +17,15 @@ reference implementation rule for rule, including its quirks, so results agree t
 One deliberate difference: a group (Things or Stuff) without any category seen gets
 PQ = SQ = RQ = 0 with ``n == 0`` where panopticapi raises ZeroDivisionError.
 
-This module depends only on numpy, OpenCV, Pillow and tabulate (no torch, no Detectron2).
+Its own code needs only numpy, OpenCV, tabulate and :mod:`panoptic_ext.formats` (no torch, no
+Detectron2).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,8 +33,16 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from tabulate import tabulate
+
+from ..formats import (
+    OFFSET,
+    VOID,
+    PanopticFormatError,
+    load_panoptic_json,
+    read_panoptic_png,
+    rgb_to_id,
+)
 
 __all__ = [
     "OFFSET",
@@ -54,21 +61,10 @@ __all__ = [
     "format_class_table",
 ]
 
-OFFSET = 256 * 256 * 256  # ids are 24 bit: R + 256 * G + 256**2 * B
-VOID = 0
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _U16_LIMIT = 1 << 16
 _DENSE_LIMIT = 1 << 22  # largest contingency table counted densely with bincount
 
 CategoriesLike = Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]]
-
-
-class PanopticFormatError(KeyError, ValueError):
-    """Malformed panoptic input; a KeyError like panopticapi's, and a ValueError by nature."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -145,63 +141,6 @@ class PQStats:
 # --------------------------------------------------------------------------------------
 # Reading COCO panoptic PNGs
 # --------------------------------------------------------------------------------------
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic colour image (H, W, >=3 channels, RGB order) to uint32 segment ids."""
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    c = rgb.astype(np.uint32, copy=False)
-    return c[..., 0] + (c[..., 1] << np.uint32(8)) + (c[..., 2] << np.uint32(16))
-
-
-def _png_fast_path(head: bytes) -> bool:
-    """True for 8-bit RGB/RGBA PNGs, which OpenCV decodes exactly like Pillow."""
-    return (
-        len(head) >= 26
-        and head[:8] == _PNG_SIGNATURE
-        and head[12:16] == b"IHDR"
-        and head[24] == 8
-        and head[25] in (2, 6)
-    )
-
-
-def read_panoptic_png(path: str, image_id: Any = None) -> np.ndarray:
-    """Decode a COCO panoptic PNG to an (H, W) uint32 id map, as panopticapi reads it.
-
-    8-bit RGB(A) PNGs go through OpenCV (faster, releases the GIL); anything else is read
-    with Pillow exactly as panopticapi does, so odd files give the same ids.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"In the image with ID {image_id} the PNG {path} does not exist."
-        ) from None
-    if _png_fast_path(data[:32]):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if bgr is not None and bgr.dtype == np.uint8 and bgr.ndim == 3:
-            code = cv2.COLOR_BGR2RGBA if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-            rgba = cv2.cvtColor(bgr, code)
-            if sys.byteorder == "little":
-                ids = rgba.view(np.uint32)[..., 0]
-                ids &= np.uint32(0xFFFFFF)  # drop alpha: panopticapi ignores it
-                return ids
-            return rgb_to_id(rgba)
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im, dtype=np.uint32)
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise PanopticFormatError(
-            f"In the image with ID {image_id} the PNG {path} cannot be read: {e}"
-        ) from e
-    if arr.ndim != 3 or arr.shape[2] < 3:
-        raise PanopticFormatError(
-            f"In the image with ID {image_id} the PNG {path} is not an RGB image "
-            f"(array shape {arr.shape}); COCO panoptic PNGs encode ids as R + 256*G + 256^2*B."
-        )
-    return arr[..., 0] + 256 * arr[..., 1] + 256 * 256 * arr[..., 2]
 
 
 # --------------------------------------------------------------------------------------
@@ -683,10 +622,8 @@ def evaluate_files(
     workers: int | None = None,
 ) -> tuple[dict, PQStats, dict]:
     """``pq_compute`` that also returns the accumulated stats and the GT categories."""
-    with open(gt_json_file) as f:
-        gt_json = json.load(f)
-    with open(pred_json_file) as f:
-        pred_json = json.load(f)
+    gt_json = load_panoptic_json(gt_json_file)
+    pred_json = load_panoptic_json(pred_json_file, keys=("annotations",))
     if gt_folder is None:
         gt_folder = gt_json_file.replace(".json", "")
     if pred_folder is None:

@@ -17,8 +17,8 @@ from detectron2.data.datasets import register_coco_panoptic, register_coco_panop
 from detectron2.evaluation import COCOPanopticEvaluator
 from panopticapi.evaluation import pq_compute as reference_pq_compute
 
+from benchmarks.pq_fixtures import make_synthetic_dataset
 from panoptic_ext.evaluation import PanopticEvaluator, PanopticFormatError, read_panoptic_png
-from panoptic_ext.evaluation.benchmark import make_synthetic_dataset
 
 SUMMARY_KEYS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
 LABEL_DIVISOR = 1000
@@ -148,14 +148,13 @@ def test_matches_detectron2_and_panopticapi(tmp_path, separated, encoding):
     meta = MetadataCatalog.get(name)
     api = quiet(reference_pq_compute, meta.panoptic_json, str(out_dir / "predictions.json"))
     for cat, r in api["per_class"].items():
-        cat_name = evaluator._load_gt()["categories"][cat]["name"]
+        cat_name = evaluator.ground_truth.categories[cat]["name"]
         for k in ("pq", "sq", "rq"):
             assert abs(evaluator.last_results["per_class"][cat][k] - r[k]) <= 1e-9
             assert abs(ours["panoptic_seg"][f"{k.upper()}/{cat_name}"] - 100 * r[k]) <= 1e-7
     for group in ("All", "Things", "Stuff"):
         assert evaluator.last_results[group]["n"] == api[group]["n"]
     assert evaluator.timing["images"] == len(inputs)
-    assert 0 < evaluator.per_image_seconds < 1
 
 
 def test_without_saving_writes_nothing_and_resets(tmp_path):

@@ -21,6 +21,7 @@ from panopticapi.evaluation import pq_compute as reference_pq_compute
 from panopticapi.utils import rgb2id
 from PIL import Image
 
+from benchmarks.pq_fixtures import make_synthetic_dataset
 from panoptic_ext.evaluation import (
     PanopticFormatError,
     PQStats,
@@ -30,9 +31,8 @@ from panoptic_ext.evaluation import (
     summarize_pq,
 )
 from panoptic_ext.evaluation import pq as pq_module
-from panoptic_ext.evaluation.benchmark import make_synthetic_dataset
+from tests.helpers.tools import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.environ.get("PANOPTIC_EXT_PYTHON", sys.executable)
 
 # things 1, 2, 3 (3 is never used by the ground truth), stuff 10, 11

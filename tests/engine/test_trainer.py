@@ -11,14 +11,14 @@ import time
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.engine import hooks
 
 from panoptic_ext import add_panoptic_config
 from panoptic_ext.data import generate_synthetic_dataset, register_synthetic
-from panoptic_ext.data.samplers import ResumableTrainingSampler
 from panoptic_ext.engine import Trainer
-from panoptic_ext.engine.checkpoint import AtomicCheckpointer
-
-from .test_tools import CONFIG, FAST, REPO, _run
+from panoptic_ext.utils.io import TEMP_SUFFIX
+from tests.helpers.tools import CONFIG, FAST, REPO
+from tests.helpers.tools import run_tool as _run
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_sigkill_then_resume_reaches_final_without_gap(env, tmp_path):
     assert "Starting training from iteration" in log
     assert (out / "model_final.pth").is_file()
     assert _logged_iterations(out) == list(range(6))
-    assert not list(out.glob("*.tmp.*"))
+    assert not [p.name for p in out.iterdir() if p.name.endswith(TEMP_SUFFIX)]
 
 
 def test_sigterm_saves_and_exits_cleanly(env, tmp_path):
@@ -91,42 +91,6 @@ def test_sigterm_saves_and_exits_cleanly(env, tmp_path):
     trainer_state = state["trainer"]
     assert "optimizer" in trainer_state["_trainer"] and "LRScheduler" in trainer_state["hooks"]
     assert "data_seed" in trainer_state
-
-
-def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    model = torch.nn.Linear(2, 2)
-    ckpt = AtomicCheckpointer(model, str(tmp_path))
-    ckpt.save("model_0000000", iteration=0)
-    good = (tmp_path / "model_0000000.pth").read_bytes()
-
-    def dying_save(obj, f, *a, **k):
-        f.write(b"half a checkpoint")
-        raise KeyboardInterrupt("killed while saving")
-
-    monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        ckpt.save("model_0000001", iteration=1)
-    assert not (tmp_path / "model_0000001.pth").exists()
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
-    assert (tmp_path / "model_0000000.pth").read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000000.pth"]
-
-
-def test_pointer_to_missing_checkpoint_is_an_error(tmp_path):
-    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
-    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="model_0000009.pth"):
-        ckpt.resume_or_load("", resume=True)
-
-
-def test_sampler_resume_continues_the_same_stream():
-    full = ResumableTrainingSampler(7, seed=3)
-    it = iter(full)
-    stream = [next(it) for _ in range(40)]
-    resumed = ResumableTrainingSampler(7, seed=3)
-    resumed.skip = 17
-    it = iter(resumed)
-    assert [next(it) for _ in range(23)] == stream[17:]
 
 
 def test_non_finite_loss_names_iteration_and_term(env, tmp_path, monkeypatch):
@@ -168,3 +132,37 @@ def test_two_cpu_processes_train_and_evaluate_like_one(env, tmp_path):
     for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
         assert results[1]["panoptic_seg"][key] == pytest.approx(results[2]["panoptic_seg"][key])
     assert results[1]["sem_seg"]["mIoU"] == pytest.approx(results[2]["sem_seg"]["mIoU"])
+
+
+def test_resume_with_precise_bn_restores_the_training_stream(env, tmp_path, monkeypatch):
+    """PreciseBN builds a second train loader through the trainer; the resumed position must
+    still go to the loader that trains, so the run sees the batches it would have seen."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", env["DETECTRON2_DATASETS"])
+    register_synthetic()
+    try:
+        cfg = add_panoptic_config(get_cfg())
+        cfg.merge_from_file(CONFIG)
+        cfg.merge_from_list([*FAST, "SOLVER.MAX_ITER", "10", "OUTPUT_DIR", str(tmp_path),
+                             "MODEL.FPN.NORM", "BN", "TEST.PRECISE_BN.ENABLED", "True",
+                             "TEST.PRECISE_BN.NUM_ITER", "1", "DATASETS.TEST", "()",
+                             "SEED", "7"])
+
+        def batches(trainer, n):
+            it = iter(trainer._trainer.data_loader)
+            return [[d["file_name"] for d in next(it)] for _ in range(n)]
+
+        first = Trainer(cfg)
+        assert any(isinstance(h, hooks.PreciseBN) for h in first._hooks)
+        stream = batches(first, 4)
+        first.iter = 2
+        first.checkpointer.save("model_0000002", iteration=2)
+
+        resumed = Trainer(cfg)
+        precise = next(h for h in resumed._hooks if isinstance(h, hooks.PreciseBN))
+        resumed.resume_or_load(resume=True)
+        assert resumed.start_iter == 3
+        assert precise._data_loader.sampler is not resumed._sampler
+        assert batches(resumed, 1) == stream[3:4]
+    finally:
+        monkeypatch.undo()
+        register_synthetic()
