@@ -4,7 +4,7 @@ Both models are built from one config and one set of weights, run on the same im
 process, alternating (so machine load hits both alike), after a warm-up. Reports per-stage and
 end-to-end latency of each, their ratio, and how far our panoptic output agrees with
 Detectron2's (pixel agreement of the segment category, and PQ taking Detectron2's output as
-ground truth). The logic behind tools/benchmark.py.
+ground truth). The logic behind tools/benchmark.py; not part of the installed package.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
 
-from .config import add_panoptic_config
-from .modeling import meta_arch as ext_meta_arch
+from panoptic_ext.modeling import meta_arch as ext_meta_arch
 
 __all__ = [
     "STAGES",
@@ -32,7 +31,6 @@ __all__ = [
     "build_models",
     "compare_panoptic",
     "load_images",
-    "setup_cfg",
     "run_benchmark",
     "format_report",
     "run_combine_benchmark",
@@ -56,14 +54,6 @@ STAGES = (
 # ----------------------------------------------------------------------------------------------
 # Models and inputs
 # ----------------------------------------------------------------------------------------------
-
-
-def setup_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """Our config from a YAML file plus KEY VALUE overrides."""
-    cfg = add_panoptic_config(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def _tame_random_weights(model: torch.nn.Module, seed: int = 0) -> None:
@@ -273,7 +263,7 @@ def _category_map(pan: torch.Tensor, segments: list[dict]) -> tuple[np.ndarray, 
 def compare_panoptic(ours: Sequence[tuple], ref: Sequence[tuple]) -> dict[str, float]:
     """Pixel agreement of the segment category/isthing and PQ (x100) of `ours` with `ref`
     (Detectron2's output) as ground truth, over all images."""
-    from .evaluation import PQStats, image_pq_stats, summarize_pq
+    from panoptic_ext.evaluation import PQStats, image_pq_stats, summarize_pq
 
     stats = PQStats()
     agree = total = 0
@@ -474,7 +464,7 @@ def run_combine_benchmark(
     """The merge alone: Detectron2's `combine_semantic_and_instance_outputs` against our
     `HeuristicCombine` (full-size masks, as with all outputs requested), same inputs, median
     of `repeats` alternating runs, and whether the outputs are identical."""
-    from .modeling.combine import HeuristicCombine
+    from panoptic_ext.modeling.combine import HeuristicCombine
 
     thresholds = {"overlap_thresh": 0.5, "stuff_area_thresh": 4096, "score_thresh": 0.0}
     ours = HeuristicCombine(**thresholds)

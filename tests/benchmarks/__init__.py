@@ -1,0 +1,1 @@
+"""Tests of the benchmarks/ scripts (not of the installed package)."""

@@ -1,0 +1,175 @@
+"""benchmarks/model_speed.py and tools/benchmark.py: both models from one config, stage
+timings, output agreement. No wall-clock limits: only what holds on any machine."""
+
+import importlib.util
+import itertools
+import json
+import os
+
+import pytest
+import torch
+from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
+
+from benchmarks import model_speed
+from benchmarks.model_speed import (
+    STAGES,
+    StageTimer,
+    compare_panoptic,
+    format_combine_report,
+    format_report,
+    run_benchmark,
+    run_combine_benchmark,
+)
+from panoptic_ext.engine.defaults import setup_cfg
+from panoptic_ext.modeling import meta_arch as ext_meta_arch
+from tests.helpers.tools import CONFIGS, REPO
+
+SYNTHETIC = os.path.join(CONFIGS, "Synthetic", "panoptic_fpn_R_50.yaml")
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "bench_tool", os.path.join(REPO, "tools", "benchmark.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_stage_timer_counts_nested_stages_once(monkeypatch):
+    clock = iter([0.0, 1.0, 6.0, 10.0, 12.0, 20.0, 25.0])
+    monkeypatch.setattr(model_speed.time, "perf_counter", lambda: next(clock))
+    syncs = []
+    timer = StageTimer(sync=lambda: syncs.append(1))
+    timer.start("outer")  # 0
+    timer.start("inner")  # 1
+    timer.stop()  # inside "outer", so not counted on its own (reads no clock)
+    timer.stop()  # 6
+    timer.start("inner")  # 10
+    timer.stop()  # 12
+    assert timer.times == {"outer": 6.0, "inner": 2.0}
+    assert len(syncs) == 6  # every start and stop waits for the device
+
+    def boom():
+        raise ValueError("x")
+
+    with pytest.raises(ValueError):
+        timer.wrap("outer", boom)()  # 20 .. 25: stopped although it raised
+    assert timer.times["outer"] == 11.0 and timer._stack == []
+    timer.reset()
+    assert timer.times == {}
+
+
+def test_side_by_side_on_a_small_input():
+    originals = (ext_meta_arch.paste_for_merge, ext_meta_arch.semantic_argmax,
+                 d2_panoptic_fpn.combine_semantic_and_instance_outputs,
+                 d2_panoptic_fpn.sem_seg_postprocess)
+    cfg = setup_cfg(SYNTHETIC, [
+        "MODEL.WEIGHTS", "", "DATASETS.TEST", "('no_such_dataset',)",
+        # exact mode: the outputs must then agree everywhere
+        "MODEL.PANOPTIC_EXT.CHANNELS_LAST", "False", "MODEL.PANOPTIC_EXT.FUSE_NORM", "False",
+    ])
+    report = run_benchmark(cfg, num_images=2, size=(64, 96), warmup=1,
+                           outputs=("panoptic_seg",))
+    # the instrumentation is gone again
+    assert originals == (ext_meta_arch.paste_for_merge, ext_meta_arch.semantic_argmax,
+                         d2_panoptic_fpn.combine_semantic_and_instance_outputs,
+                         d2_panoptic_fpn.sem_seg_postprocess)
+
+    assert report["images"] == "random" and report["outputs"] == ["panoptic_seg"]
+    assert report["num_images"] == 2 and report["size"] == [64, 96]
+    assert len(report["detections_per_image"]) == 2
+    assert len(report["things_in_panoptic_d2"]) == 2
+    for name in ("d2", "ours"):
+        r = report[name]
+        assert list(r["stages"]) == list(STAGES) and list(r["stage_summary"]) == list(STAGES)
+        # every image's stages, "other" included, add up to its total; with two images the
+        # median is the mean, so the medians add up to the median total
+        assert sum(r["stages"].values()) == pytest.approx(r["total"]["median"], rel=1e-6)
+        assert r["total"]["median"] == pytest.approx((r["total"]["min"] + r["total"]["max"]) / 2)
+        for s in STAGES:
+            st = r["stage_summary"][s]
+            assert r["stages"][s] == pytest.approx((st["min"] + st["max"]) / 2)
+        # a stage timed inside another one would be counted twice and push "other" below 0
+        assert r["stage_summary"]["other"]["min"] >= 0
+        # every stage's hook or patch fired (a function moved elsewhere would read 0 here)
+        for s in STAGES[:-1]:
+            assert r["stage_summary"][s]["min"] > 0, (name, s)
+    assert report["ratio_median"] == report["ours"]["total"]["median"] / \
+        report["d2"]["total"]["median"]
+    assert len(report["ratio_per_image"]) == 2
+    ours, d2 = report["ours"]["total"], report["d2"]["total"]
+    for ratio in report["ratio_per_image"]:
+        assert any(ratio == pytest.approx(ours[a] / d2[b])
+                   for a, b in itertools.product(("min", "max"), repeat=2))
+
+    ag = report["agreement"]
+    assert ag["pixel_agreement"] == 1.0
+    assert ag["pq"] == pytest.approx(100.0)
+    assert ag["segments_ours"] == ag["segments_detectron2"]
+
+    # --json prints it: plain JSON types only, nothing lost on the way
+    assert json.loads(json.dumps(report)) == report
+    assert {"weights", "device", "threads", "precision", "d2", "ours", "ratio_median",
+            "agreement"} <= set(report)
+
+    text = format_report(report).splitlines()
+    for s in STAGES:
+        assert sum(line.startswith(s) for line in text) == 1, s
+    assert any(line.startswith("end-to-end median") for line in text)
+    assert any("pixels 100.000%" in line and "PQ 100.00" in line for line in text)
+
+
+def test_compare_panoptic_scores_a_known_disagreement():
+    pan = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2]], dtype=torch.int32)
+    segs = [{"id": 1, "isthing": True, "category_id": 3},
+            {"id": 2, "isthing": False, "category_id": 3}]  # same id, thing vs stuff: distinct
+    same = compare_panoptic([(pan, segs)], [(pan.clone(), segs)])
+    assert same["pixel_agreement"] == 1.0 and same["pq"] == pytest.approx(100.0)
+
+    other = pan.clone()
+    other[:, 1] = 2  # the thing loses half its pixels to the stuff segment
+    got = compare_panoptic([(other, segs)], [(pan, segs)])
+    assert got["pixel_agreement"] == pytest.approx(6 / 8)
+    # thing: IoU 2/4 is no match (PQ 0); stuff: IoU 4/6 matches (PQ 2/3); All is their mean
+    assert got["pq_things"] == pytest.approx(0.0)
+    assert got["pq_stuff"] == pytest.approx(100 * 2 / 3)
+    assert got["pq"] == pytest.approx(100 / 3)
+    assert got["segments_ours"] == got["segments_detectron2"] == 2
+
+
+def test_combine_only_benchmark_reports_identical_merges():
+    rows = run_combine_benchmark((0, 3, 25), size=(96, 128), repeats=1, num_stuff=6)
+    assert [r["instances"] for r in rows] == [0, 3, 25]
+    assert all(r["identical"] for r in rows)
+    assert rows[0]["thing_segments"] == 0
+    assert 0 < rows[2]["thing_segments"] <= 25
+    for r in rows:
+        assert r["speedup"] == r["d2_ms"] / r["ours_ms"]
+        assert r["size"] == [96, 128] and r["device"] == "cpu"
+    text = format_combine_report(rows).splitlines()
+    assert "96x128" in text[0] and len(text) == 2 + len(rows)
+    assert [int(line.split()[0]) for line in text[2:]] == [0, 3, 25]
+    assert format_combine_report([]) == ""
+
+
+def test_tool_combine_only_prints_json(capsys):
+    tool = _load_tool()
+    assert tool.main(["--config-file", SYNTHETIC, "--combine-only", "4", "--repeats", "1",
+                      "--size", "64x80", "--json", "MODEL.DEVICE", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 1 and out[0]["instances"] == 4 and out[0]["identical"] is True
+    assert out[0]["size"] == [64, 80]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-images", "0"], "--num-images must be >= 1"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["MODEL.DEVICE"], "KEY VALUE pairs"),
+    (["--size", "16x16"], "at least 32x32"),
+])
+def test_tool_rejects_bad_arguments(argv, message, capsys):
+    tool = _load_tool()
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--config-file", SYNTHETIC, *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
