@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..data.metadata import contiguous_to_dataset_ids
 from ..engine.defaults import panoptic_metadata
-from ..modeling.postprocess import panoptic_from_detections
+from ..modeling.postprocess import panoptic_from_detections, segments_from_tensors
 from ..utils.io import atomic_write_json
 
 __all__ = [
@@ -202,14 +202,7 @@ def compare_with_eager(
     with torch.no_grad():
         pan_t, ids, cats, isthing, scores, inst, areas = traced(image, out_size)
     agreement = float((pan_e.cpu().to(torch.int32) == pan_t).float().mean())
-    segs_t = []
-    for i in range(len(ids)):
-        seg = {"id": int(ids[i]), "isthing": bool(isthing[i]), "category_id": int(cats[i])}
-        if seg["isthing"]:
-            seg.update(score=float(scores[i]), instance_id=int(inst[i]))
-        else:
-            seg["area"] = int(areas[i])
-        segs_t.append(seg)
+    segs_t = segments_from_tensors(ids, cats, isthing, scores, inst, areas)
     keys = ("id", "isthing", "category_id", "score", "instance_id", "area")
     segs_e = [{k: s[k] for k in keys if k in s} for s in segs_e]
     same = agreement == 1.0 and segs_e == segs_t

@@ -42,6 +42,7 @@ __all__ = [
     "semantic_argmax_stats",
     "semantic_logits",
     "semantic_resize",
+    "segments_from_tensors",
 ]
 
 MASK_THRESHOLD = 0.5  # detector_postprocess's default, which Detectron2's PanopticFPN uses
@@ -172,6 +173,22 @@ def panoptic_from_detections(
     instance_ids = torch.cat([things, none])
     areas = torch.bincount(panoptic.flatten().long(), minlength=n + 1)[1:]
     return panoptic, ids, cats, isthing, seg_scores, instance_ids, areas
+
+
+def segments_from_tensors(ids: torch.Tensor, cats: torch.Tensor, isthing: torch.Tensor,
+                          scores: torch.Tensor, instance_ids: torch.Tensor, areas: torch.Tensor
+                          ) -> list[dict]:
+    """:func:`panoptic_from_detections`' per-segment tensors as the ``segments_info`` dicts
+    the eager model returns (score and instance id for things, area for stuff)."""
+    out = []
+    for i in range(len(ids)):
+        seg = {"id": int(ids[i]), "isthing": bool(isthing[i]), "category_id": int(cats[i])}
+        if seg["isthing"]:
+            seg.update(score=float(scores[i]), instance_id=int(instance_ids[i]))
+        else:
+            seg["area"] = int(areas[i])
+        out.append(seg)
+    return out
 
 
 # ---- eager post-processing -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from panoptic_ext.modeling.postprocess import (
     paste_for_merge,
     paste_mask_crop,
     rescale_boxes,
+    segments_from_tensors,
     semantic_argmax,
     semantic_argmax_stats,
     semantic_logits,
@@ -184,17 +185,7 @@ def test_paste_mask_crop_is_detectron2s_paste():
         assert torch.equal(m, want[0] >= 0.5)
 
 
-def _segments(ids, cats, isthing, scores, inst, areas):
-    """`panoptic_from_detections`' segment tensors as segments_info dicts (area for stuff)."""
-    out = []
-    for i in range(len(ids)):
-        seg = {"id": int(ids[i]), "isthing": bool(isthing[i]), "category_id": int(cats[i])}
-        if seg["isthing"]:
-            seg.update(score=float(scores[i]), instance_id=int(inst[i]))
-        else:
-            seg["area"] = int(areas[i])
-        out.append(seg)
-    return out
+_segments = segments_from_tensors
 
 
 @pytest.fixture(scope="module")
