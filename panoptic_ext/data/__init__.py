@@ -12,6 +12,7 @@ loader). The file format itself is :mod:`panoptic_ext.formats`.
 
 from ..formats import PanopticFormatError, id_to_rgb, rgb_to_id
 from .builtin import SYNTHETIC_DATASET_NAMES, register_panoptic, register_synthetic
+from .cityscapes import prepare_cityscapes_panoptic, register_cityscapes_panoptic  # noqa: F401
 from .coco_prep import ConversionStats, convert_panoptic_to_semantic, prepare_coco_panoptic_fpn
 from .custom import (
     configure_panoptic_folders,

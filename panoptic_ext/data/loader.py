@@ -31,7 +31,6 @@ from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetMapper,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -39,6 +38,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from .augment import PanopticDatasetMapper
 from .validate import (
     DatasetValidationError,
     ValidationReport,
@@ -281,7 +281,7 @@ def build_train_loader(
         dataset = [{**d, INDEX_KEY: i} for i, d in enumerate(dataset)]
     limit = min(100, len(dataset)) if hasattr(dataset, "__len__") else 100
     if mapper is None:
-        mapper = DatasetMapper(cfg, True)
+        mapper = PanopticDatasetMapper(cfg, True)
     safe = SafeDatasetMapper(mapper, mode, max_consecutive_skips=limit)
     loader = build_detection_train_loader(cfg, dataset=dataset, mapper=safe, sampler=sampler)
     return SkipCountingLoader(loader)
