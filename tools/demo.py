@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 
 from panoptic_ext.apps.demo import PanopticDemo, VideoSourceError, collect_inputs
 from panoptic_ext.engine import setup_cfg as engine_setup_cfg
+from panoptic_ext.engine.weights import WeightsError
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,20 @@ def setup_cfg(args):
     return engine_setup_cfg(args.config_file, opts, eval_only=True)
 
 
+def _demo(args) -> PanopticDemo | None:
+    """The demo, or None after naming weights that cannot be used (empty, unreadable, or not
+    fitting the model) on stderr."""
+    try:
+        return PanopticDemo(setup_cfg(args))
+    except WeightsError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return None
+
+
 def run_video(args) -> int:
-    demo = PanopticDemo(setup_cfg(args))
+    demo = _demo(args)
+    if demo is None:
+        return 1
     try:
         demo.run_video(0 if args.webcam else args.video_input, args.output)
     except VideoSourceError as e:
@@ -72,7 +85,9 @@ def main(argv=None) -> int:
     if not files:
         print("ERROR: no input image to process", file=sys.stderr)
         return 1
-    demo = PanopticDemo(setup_cfg(args))
+    demo = _demo(args)
+    if demo is None:
+        return 1
     if args.output:
         failed = len(demo.run_files(files, args.output))
     else:

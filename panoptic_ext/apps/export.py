@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from ..data.metadata import contiguous_to_dataset_ids
 from ..engine.defaults import panoptic_metadata
+from ..engine.weights import load_weights
 from ..modeling.postprocess import panoptic_from_detections, segments_from_tensors
 from ..utils.io import atomic_write_json
 
@@ -224,7 +224,7 @@ def export_torchscript(
     cfg.freeze()
     meta = panoptic_metadata(cfg)  # first: unknown categories fail before the slow trace
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg.MODEL.WEIGHTS, purpose="export", dataset=meta.name)
     module = PanopticExportModule(model).eval()
 
     path = _sample_image(cfg, sample_image)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
@@ -30,6 +29,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..engine.defaults import panoptic_metadata
+from ..engine.weights import load_weights
 from ..evaluation import (
     PanopticGroundTruth,
     PQStats,
@@ -264,7 +264,7 @@ def tune_combine(
     dataset = panoptic_metadata(cfg, dataset, key="--dataset" if dataset else "DATASETS.TEST"
                                 ).name
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg.MODEL.WEIGHTS, purpose="tuning", dataset=dataset)
     combine = model.combine
     needed = ("overlap_thresh", "stuff_area_thresh", "score_thresh", "with_thresholds")
     if not all(hasattr(combine, a) for a in needed):

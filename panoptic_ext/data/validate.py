@@ -359,7 +359,11 @@ def _read_json(path: str, report: ValidationReport) -> dict[str, Any] | None:
 
 
 def _stuff_hint(meta: Any, sem_root: str) -> str:
-    """The command that creates a missing stuff-PNG folder: COCO's script, else the function."""
+    """The command that creates a missing stuff-PNG folder: the dataset's own (metadata
+    ``prepare_hint``), COCO's script, else the function."""
+    hint = getattr(meta, "prepare_hint", None)
+    if hint:
+        return hint
     sem_root = os.path.normpath(sem_root)
     parent = os.path.dirname(sem_root)
     if os.path.basename(parent) == "coco" and os.path.basename(sem_root).startswith(
@@ -441,8 +445,11 @@ def _fallback_dicts(meta: Any, report: ValidationReport) -> list[dict] | None:
 
 def _panoptic_index(
     meta: Any, report: ValidationReport
-) -> tuple[dict[str, dict], dict[Any, tuple[int, int]]] | None:
-    """Panoptic JSON entries by file stem (how Detectron2 pairs them with images) and sizes."""
+) -> tuple[dict[tuple, dict], dict[Any, tuple[int, int]]] | None:
+    """Panoptic JSON entries by ("id", image_id) and by ("stem", file stem), and sizes.
+
+    An image is paired by its id first (what the evaluator does; Cityscapes' image and PNG
+    names differ), else by file stem (how Detectron2 pairs COCO's)."""
     pan_json = getattr(meta, "panoptic_json", None)
     if not pan_json or not getattr(meta, "panoptic_root", None):
         return None
@@ -462,7 +469,12 @@ def _panoptic_index(
                 f"annotation for image {ann.get('image_id')} lacks 'file_name' or 'segments_info'",
             )
             continue
-        entries[_stem(ann["file_name"])] = ann
+        entries[("stem", _stem(ann["file_name"]))] = ann
+        entries.setdefault(("id", ann.get("image_id")), ann)
+    _check_unique_image_ids(
+        getattr(meta, "name", "?"),
+        [{"image_id": a.get("image_id"), "file_name": a.get("file_name")}
+         for a in data.get("annotations", [])], pan_json, report)
     return entries, sizes
 
 
@@ -532,7 +544,8 @@ def _make_plan(name: str, report: ValidationReport) -> _Plan:
             s.panoptic = _abs(d["pan_seg_file_name"])
         if pan is not None:
             entries, sizes = pan
-            entry = entries.get(_stem(d["file_name"]))
+            entry = entries.get(("id", d.get("image_id"))) or entries.get(
+                ("stem", _stem(d["file_name"])))
             if entry is None:
                 report.add(s.image, f"has no entry in {plan.panoptic_json}")
             else:
@@ -541,7 +554,24 @@ def _make_plan(name: str, report: ValidationReport) -> _Plan:
                 if s.panoptic is None:
                     s.panoptic = _abs(os.path.join(pan_root, entry["file_name"]))
         plan.samples.append(s)
+    if pan is None:  # a panoptic JSON's own ids are checked in _panoptic_index
+        _check_unique_image_ids(name, dicts, plan.instances_json, report)
     return plan
+
+
+def _check_unique_image_ids(name: str, dicts: list[dict], source: str | None,
+                            report: ValidationReport) -> None:
+    """Two images with one ``image_id`` make evaluation score one and drop the other
+    ("processed twice"); name the id, its files and the JSON to fix."""
+    files: dict[Any, list[str]] = {}
+    for d in dicts:
+        if d.get("image_id") is not None:
+            files.setdefault(d["image_id"], []).append(os.path.basename(str(d.get("file_name"))))
+    where = _abs(source) if source else name
+    for image_id, names in files.items():
+        if len(names) > 1:
+            report.add(where, f"image_id {image_id!r} is used by {len(names)} images of dataset "
+                       f"'{name}' ({', '.join(names[:4])}); give each image its own id")
 
 
 # ----------------------------------------------------------------------------- checks

@@ -6,15 +6,18 @@ from .checkpoint import HeadShapeMismatch, check_head_shapes, checkpoint_to_load
 from .defaults import panoptic_metadata, setup, setup_cfg
 from .hooks import TrainingInterrupted
 from .trainer import Trainer
+from .weights import WeightsError, load_weights
 
 __all__ = [
     "HeadShapeMismatch",
     "MetricsJSONWriter",
     "Trainer",
     "TrainingInterrupted",
+    "WeightsError",
     "build_panoptic_evaluators",
     "check_head_shapes",
     "checkpoint_to_load",
+    "load_weights",
     "panoptic_metadata",
     "setup",
     "setup_cfg",

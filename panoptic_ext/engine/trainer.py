@@ -1,15 +1,17 @@
 """Training and evaluation wiring for tools/train_net.py (kept here so the tool stays thin)."""
 
+import contextlib
 import json
 import logging
 import os
+import random
+import re
 import weakref
 
+import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetMapper,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
@@ -19,17 +21,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import SkippedSamplesHook, validate_cfg_datasets
 from ..data import build_train_loader as build_safe_train_loader
+from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler
 from ..data.validate import check_dataset_names
 from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
-from .checkpoint import AtomicCheckpointer, check_head_shapes, checkpoint_to_load
+from ..utils.io import TEMP_SUFFIX
+from ..utils.locks import run_lock
+from .checkpoint import AtomicCheckpointer, checkpoint_to_load
 from .defaults import setup_cfg
-from .hooks import GracefulStop, TrainingInterrupted
+from .hooks import GracefulStop, LogWriter, TrainingInterrupted
 from .train_loop import PanopticTrainLoop, parse_dtype
+from .weights import load_weights
 
 # MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
-__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "evaluate_only",
-           "setup_cfg", "train"]
+__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "check_output_dir",
+           "evaluate_only", "remove_leftovers", "setup_cfg", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,11 @@ class Trainer(DefaultTrainer):
             autocast_dtype = parse_dtype(cfg.SOLVER.AMP.DTYPE, "SOLVER.AMP.DTYPE")
             if device_type == "cpu" and autocast_dtype != torch.bfloat16:
                 raise ValueError("SOLVER.AMP.DTYPE must be bfloat16 on CPU (float16 needs CUDA)")
+            if device_type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                logger.warning(
+                    "SOLVER.AMP.ENABLED with bfloat16 on a CPU without native bf16 (no "
+                    "avx512_bf16 / AMX): it is emulated, about 10x slower than fp32 here. Pass "
+                    "SOLVER.AMP.ENABLED False to train in fp32.")
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -89,29 +100,32 @@ class Trainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        mapper = DatasetMapper(cfg, True)
+        mapper = PanopticDatasetMapper(cfg, True)  # crops keep masks and boxes consistent
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return build_safe_train_loader(cfg, mapper, dataset=dataset)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         sampler = ResumableTrainingSampler(len(dataset), seed=seed)
         loader = build_safe_train_loader(cfg, mapper, dataset=dataset, sampler=sampler)
         loader.sampler = sampler
+        _own_generator(loader, seed + comm.get_rank())
         return loader
 
     def build_hooks(self):
         ret = super().build_hooks()
-        for h in ret:
-            if isinstance(h, hooks.PeriodicWriter):
-                h._period = self.cfg.SOLVER.LOG_PERIOD
-        # Write an iteration's log line before its checkpoint: a kill in between then replays
-        # that iteration (its line is cut on resume) instead of leaving a gap in the log.
-        writers = [h for h in ret if isinstance(h, hooks.PeriodicWriter)]
-        ckpt = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
-                    None)
-        if ckpt is not None:
-            ret = [h for h in ret if not isinstance(h, hooks.PeriodicWriter)]
-            ret[ckpt:ckpt] = writers
-        ret.insert(0, GracefulStop(self.checkpointer))
+        ret = [LogWriter(h._writers, self.cfg.SOLVER.LOG_PERIOD)
+               if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
+        # Evaluation, then the iteration's log line, then its checkpoint: the writer must come
+        # after EvalHook (its PQ goes into that iteration's metrics.json row), and before the
+        # checkpoint (a kill in between then replays the iteration, its line is cut on resume,
+        # instead of leaving a gap in the log).
+        moved = [h for h in ret if isinstance(h, hooks.PeriodicWriter | hooks.PeriodicCheckpointer)]
+        moved.sort(key=lambda h: isinstance(h, hooks.PeriodicCheckpointer))
+        ret = [h for h in ret if h not in moved]
+        at = next((i + 1 for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)), len(ret))
+        ret[at:at] = moved
+        # Last: a signal's checkpoint then holds the state after the whole iteration (the LR
+        # scheduler stepped, the log row written), as the uninterrupted run has it.
+        ret.append(GracefulStop(self.checkpointer))
         ret.insert(0, SkippedSamplesHook(period=self.cfg.SOLVER.LOG_PERIOD))
         return ret
 
@@ -119,30 +133,74 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         if self._sampler is not None:
             ret["data_seed"] = self._sampler.seed
+        ret["rng"] = _rng_state()
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if self._sampler is not None and "data_seed" in state_dict:
             self._sampler.seed = state_dict["data_seed"]
+        # One process: continue its random streams (augmentation, proposal sampling), so the
+        # resumed run draws what the uninterrupted one would (exact with NUM_WORKERS 0).
+        if comm.get_world_size() == 1 and "rng" in state_dict:
+            self._rng_to_restore = state_dict["rng"]
+
+    def run_step(self) -> None:
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng is not None:
+            self._rng_to_restore = None
+            _set_rng_state(rng)
+        super().run_step()
 
     def resume_or_load(self, resume: bool = True) -> None:
-        if comm.is_main_process():  # heads for other classes: say so by name (warning)
-            path = checkpoint_to_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
-            check_head_shapes(self.model, path, dataset=", ".join(self.cfg.DATASETS.TRAIN))
-        super().resume_or_load(resume=resume)
-        if resume and self.start_iter > 0:
-            if self._sampler is not None:
-                self._sampler.skip = self.start_iter * (
-                    self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-                )
-            if comm.is_main_process():
-                _truncate_metrics_log(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
-                                      self.start_iter)
+        """Continue the last checkpoint (``resume`` and one exists), else start from
+        MODEL.WEIGHTS through :func:`load_weights`: heads for other classes are re-initialised
+        and logged as a partial load (fine-tuning), a file that does not fit at all is an
+        error naming it."""
+        if resume and self.checkpointer.has_checkpoint():
+            super().resume_or_load(resume=True)
+        else:
+            load_weights(self.model, self.cfg.MODEL.WEIGHTS, purpose="training",
+                         allow_partial=True, dataset=", ".join(self.cfg.DATASETS.TRAIN))
+            self.start_iter = 0
+        if comm.is_main_process():  # neither a gap nor a repeated iteration in the log
+            _truncate_metrics_log(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                                  self.start_iter)
+        if self.start_iter > 0 and self._sampler is not None:
+            self._sampler.skip = self.start_iter * (
+                self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def _own_generator(loader, seed: int) -> None:
+    """Give the torch DataLoader inside ``loader`` its own generator: starting an iterator
+    then no longer draws from the global RNG (which a resume restores just before), and
+    worker seeds still follow the data seed."""
+    for _ in range(4):  # SkipCountingLoader -> AspectRatioGroupedDataset -> DataLoader
+        if isinstance(loader, torch.utils.data.DataLoader):
+            if loader.generator is None:
+                loader.generator = torch.Generator().manual_seed(seed)
+            return
+        loader = getattr(loader, "loader", None) or getattr(loader, "dataset", None)
+
+
+def _rng_state() -> dict:
+    """This process's random states in types a weights-only ``torch.load`` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(gauss)]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def _truncate_metrics_log(path: str, start_iter: int) -> None:
@@ -170,23 +228,78 @@ def _truncate_metrics_log(path: str, start_iter: int) -> None:
 
 def evaluate_only(cfg: CfgNode, resume: bool = False):
     """``--eval-only``: the weights of ``MODEL.WEIGHTS`` (or the last checkpoint with
-    ``resume``), refused when the heads do not fit the test set's categories."""
+    ``resume``), refused when empty, unreadable, or not fitting the test set's model."""
     check_dataset_names(cfg, ("DATASETS.TEST",))
     model = Trainer.build_model(cfg)
-    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, resume)
-    check_head_shapes(model, path, strict=True, dataset=", ".join(cfg.DATASETS.TEST))
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    load_weights(model, path, purpose="--eval-only", dataset=", ".join(cfg.DATASETS.TEST))
     return Trainer.test(cfg, model)
 
 
-def train(cfg: CfgNode, resume: bool = False):
-    """Train (continuing the last checkpoint with ``resume``); a SIGTERM/SIGINT stop is a
-    normal end with a checkpoint, reported with how to continue."""
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    try:
-        return trainer.train()
-    except TrainingInterrupted as e:
-        logger.warning(f"Training {e}; saved {e.checkpoint}. Rerun with --resume to continue.")
-        return None
+_CHECKPOINT_FILES = re.compile(r"^(model_.*\.pth|last_checkpoint)$")
+# Temp files of atomic writes (".<name>.<random>.tmp") and of older versions ("x.pth.tmp.<pid>").
+_LEFTOVERS = re.compile(r"^\..+\.[^.]+" + re.escape(TEMP_SUFFIX) + r"$|^.+\.pth\.tmp\.\d+$")
+
+
+def remove_leftovers(folder: str) -> list[str]:
+    """Delete temp files an interrupted save left in ``folder`` (a ``kill -9`` mid-write), so
+    they do not pile up (a checkpoint's size each); returns their names, each logged. Call it
+    only while holding the folder's run lock: a live run's temp files are not leftovers."""
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file(follow_symlinks=False) and _LEFTOVERS.match(entry.name):
+            size = entry.stat().st_size
+            os.remove(entry.path)
+            removed.append(entry.name)
+            logger.warning(f"Removed {entry.path} ({size / 2**20:.1f} MiB), left by an "
+                           "interrupted save")
+    return removed
+
+
+def check_output_dir(cfg: CfgNode, resume: bool, overwrite: bool) -> None:
+    """Refuse a fresh run into a folder that holds another run's checkpoints (it would mix
+    both runs' logs and replace model_final.pth), unless ``resume`` or ``overwrite``;
+    ``overwrite`` deletes those checkpoints and metrics.json, logged."""
+    folder = cfg.OUTPUT_DIR
+    if resume:
+        return
+    found = sorted(f for f in os.listdir(folder) if _CHECKPOINT_FILES.match(f)
+                   ) if os.path.isdir(folder) else []
+    if found and not overwrite:
+        shown = ", ".join(found[:4]) + (f", ... ({len(found)} files)" if len(found) > 4 else "")
+        raise FileExistsError(
+            f"OUTPUT_DIR {folder} already holds checkpoints of an earlier run ({shown}). Pass "
+            "--resume to continue that run, --overwrite to delete them and start over, or "
+            "set another OUTPUT_DIR"
+        )
+    if not overwrite:
+        return
+    comm.synchronize()  # every rank has looked before the main one deletes
+    if comm.is_main_process() and found:
+        for f in [*found, "metrics.json"]:
+            if os.path.isfile(os.path.join(folder, f)):
+                os.remove(os.path.join(folder, f))
+        logger.warning(f"--overwrite: deleted {', '.join(found)} and metrics.json in {folder}")
+    comm.synchronize()
+
+
+def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False):
+    """Train (continuing the last checkpoint with ``resume``); one run per OUTPUT_DIR (a lock
+    held while training; a folder with checkpoints needs ``resume`` or ``overwrite``). A
+    SIGTERM/SIGINT stop is a normal end with a checkpoint, reported with how to continue."""
+    check_output_dir(cfg, resume, overwrite)
+    lock = run_lock(cfg.OUTPUT_DIR) if comm.is_main_process() else contextlib.nullcontext()
+    with lock:
+        if comm.is_main_process():
+            remove_leftovers(cfg.OUTPUT_DIR)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=resume)
+        try:
+            return trainer.train()
+        except TrainingInterrupted as e:
+            logger.warning(f"Training {e}; saved {e.checkpoint}. Rerun with --resume to "
+                           "continue.")
+            return None

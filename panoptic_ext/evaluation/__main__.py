@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         results, stats, categories = evaluate_files(
             args.gt_json, args.pred_json, args.gt_dir, args.pred_dir, workers=args.workers
         )
-    except (PanopticFormatError, FileNotFoundError) as e:
+    except (PanopticFormatError, OSError) as e:  # named files: missing, a folder, unreadable
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"PQ computed in {time.perf_counter() - start:.2f} s")

@@ -198,3 +198,18 @@ def test_more_bad_files_than_max_report(data, tmp_path):
 def test_unregistered_name_suggests_close_match():
     with pytest.raises(KeyError, match="Did you mean 'synthetic_panoptic_train_separated'"):
         validate_datasets(["synthetic_panoptic_train_separatd"], progress=False, use_cache=False)
+
+
+def test_duplicate_image_id_named(data, tmp_path):
+    def duplicate(d):
+        first = d["annotations"][0]["image_id"]
+        d["annotations"][1]["image_id"] = first
+        for img in d["images"]:
+            if img["file_name"].startswith("000001000002"):
+                img["id"] = first
+
+    edit_json(data / "panoptic_val.json", duplicate)
+    msg = _error(["synthetic_panoptic_val_separated"], tmp_path)
+    assert "panoptic_val.json" in msg and "is used by 2 images" in msg
+    assert "000001000001" in msg and "000001000002" in msg
+

@@ -4,9 +4,11 @@ exact data-order resume, non-finite losses named, and 2-process CPU (gloo) runs.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -166,3 +168,183 @@ def test_resume_with_precise_bn_restores_the_training_stream(env, tmp_path, monk
     finally:
         monkeypatch.undo()
         register_synthetic()
+
+
+# ---- one run per folder, exact resume after a signal, leftovers ------------------------------
+
+from detectron2.engine import HookBase  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
+
+from panoptic_ext.engine import TrainingInterrupted  # noqa: E402
+from panoptic_ext.engine.hooks import GracefulStop  # noqa: E402
+from panoptic_ext.engine.trainer import check_output_dir, remove_leftovers, train  # noqa: E402
+from panoptic_ext.utils.locks import RunLockedError, run_lock  # noqa: E402
+
+
+@pytest.fixture
+def synthetic(env, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", env["DETECTRON2_DATASETS"])
+    register_synthetic()
+    yield
+    monkeypatch.undo()
+    register_synthetic()
+
+
+def _cfg(out, *extra):
+    cfg = add_panoptic_config(get_cfg())
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list([*FAST, "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "3",
+                         "SOLVER.LOG_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
+                         "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "7",
+                         "OUTPUT_DIR", str(out), *extra])
+    return cfg
+
+
+def _rows(out):
+    lines = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    return [x for x in lines if "total_loss" in x]
+
+
+class _SignalAt(HookBase):
+    def __init__(self, iteration, signum=signal.SIGTERM):
+        self.iteration, self.signum = iteration, signum
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+
+class _Record(HookBase):
+    """Each iteration's lr and raw total loss (metrics.json holds medians over 20)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def after_step(self):
+        storage = self.trainer.storage
+        self.rows.append((self.trainer.iter, storage.history("lr").latest(),
+                          storage.history("total_loss").latest()))
+
+
+def test_resume_after_sigterm_has_the_uninterrupted_lr_and_losses(synthetic, tmp_path,
+                                                                     monkeypatch):
+    rows = []
+    build_hooks = Trainer.build_hooks
+    def with_record(self):  # right after the scheduler hook, which puts the iteration's lr
+        ret = build_hooks(self)
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler))
+        return [*ret[:at + 1], _Record(rows), *ret[at + 1:]]
+
+    monkeypatch.setattr(Trainer, "build_hooks", with_record)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    seed_all_rng(7)
+    train(_cfg(straight))
+    expected, rows[:] = list(rows), []
+    seed_all_rng(7)
+    trainer = Trainer(_cfg(stopped))
+    trainer.register_hooks([_SignalAt(1)])
+    trainer._hooks.insert(0, trainer._hooks.pop())  # before every other hook, as a real signal
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert (stopped / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert [r["iteration"] for r in _rows(stopped)] == [0, 1]
+    assert "lr" in _rows(stopped)[-1], "the stopped iteration's row is complete"
+    # a kill -9 during an earlier save left temp files; the next start removes them
+    leftover = stopped / ".model_0000002.pth.k3j_x9.tmp"
+    old_style = stopped / "model_0000002.pth.tmp.4242"
+    leftover.write_bytes(b"half")
+    old_style.write_bytes(b"half")
+    train(_cfg(stopped), resume=True)
+    assert not leftover.exists() and not old_style.exists()
+    assert [r["iteration"] for r in _rows(stopped)] == [0, 1, 2, 3]
+    assert [r["lr"] for r in _rows(stopped)] == [r["lr"] for r in _rows(straight)]
+    assert [it for it, _, _ in rows] == [0, 1, 2, 3]
+    assert [lr for _, lr, _ in rows] == [lr for _, lr, _ in expected]
+    assert len({lr for _, lr, _ in expected}) == 4  # warm-up: the lr changes every iteration
+    # same seed, one process, NUM_WORKERS 0: the random streams continue too
+    assert [loss for _, _, loss in rows] == [loss for _, _, loss in expected]
+
+
+def test_second_signal_waits_for_the_save(tmp_path):
+    """A terminal forwarding Ctrl-C twice, or `timeout`: the checkpoint is still written."""
+    saved = []
+
+    class SlowCheckpointer:
+        def save(self, name, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the save
+            os.kill(os.getpid(), signal.SIGTERM)
+            saved.append((name, kwargs))
+
+    stop = GracefulStop(SlowCheckpointer())
+    stop.trainer = types.SimpleNamespace(iter=5, _hooks=[])
+    previous = signal.getsignal(signal.SIGINT)
+    stop.before_train()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # during the step: ignored too
+        with pytest.raises(TrainingInterrupted, match="SIGTERM after iteration 5"):
+            stop.after_step()
+    finally:
+        stop.after_train()
+    assert saved == [("model_0000005", {"iteration": 5})]
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_one_run_per_output_dir(synthetic, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(RunLockedError, match=rf"{out} is in use by a training run \(pid "
+                                                 rf"{os.getpid()}"):
+            train(_cfg(out))
+    assert not (out / ".run.lock").exists()
+    # a lock left by a killed process (its pid is gone) is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".run.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    with run_lock(out):
+        assert (out / ".run.lock").read_text().split()[0] == str(os.getpid())
+    assert not (out / ".run.lock").exists()
+
+
+def test_fresh_run_into_a_used_folder_is_refused_unless_asked(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("model_0000004.pth", "last_checkpoint", "metrics.json", "config.yaml"):
+        (out / name).write_text("x")
+    cfg = _cfg(out)
+    with pytest.raises(FileExistsError) as info:
+        check_output_dir(cfg, resume=False, overwrite=False)
+    msg = str(info.value)
+    assert str(out) in msg and "last_checkpoint, model_0000004.pth" in msg
+    assert "--resume" in msg and "--overwrite" in msg
+    check_output_dir(cfg, resume=True, overwrite=False)  # continuing it is fine
+    assert (out / "model_0000004.pth").exists()
+    check_output_dir(cfg, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    check_output_dir(cfg, resume=False, overwrite=False)  # nothing left to protect
+
+
+def test_leftover_temp_files_removed(tmp_path):
+    keep = ["model_0000001.pth", "last_checkpoint", "metrics.json", ".hidden", "notes.tmp"]
+    gone = [".model_0000002.pth.ab_3x.tmp", ".last_checkpoint.q1w2e3.tmp",
+            "model_0000002.pth.tmp.31337"]
+    for name in keep + gone:
+        (tmp_path / name).write_text("x")
+    assert remove_leftovers(str(tmp_path)) == sorted(gone)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_eval_only_refuses_missing_weights(synthetic, tmp_path):
+    from panoptic_ext.engine.trainer import evaluate_only
+    from panoptic_ext.engine.weights import WeightsError
+
+    cfg = _cfg(tmp_path, "DATASETS.TEST", "('synthetic_panoptic_val_separated',)")
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(WeightsError, match="MODEL.WEIGHTS is empty: --eval-only needs"):
+        evaluate_only(cfg)
+    foreign = tmp_path / "foo.pth"
+    torch.save({"foo": torch.zeros(1)}, foreign)
+    cfg.MODEL.WEIGHTS = str(foreign)
+    with pytest.raises(WeightsError, match=f"weights {foreign} hold no tensor of this model"):
+        evaluate_only(cfg)

@@ -1,0 +1,280 @@
+"""The one way every tool reads and loads model weights (training, --eval-only, demo, tuning,
+export), so a file that does not fit the model is an error naming it, never a random network.
+
+All file reading goes through :func:`read_checkpoint` (the place to restrict unpickling).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["WeightsError", "WeightsReport", "load_weights", "read_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """MODEL.WEIGHTS is empty, missing, unreadable, or does not fit the model."""
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`load_weights` did: how many of the model's tensors came from the file."""
+
+    path: str
+    loaded: int = 0
+    total: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    incorrect_shapes: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return self.loaded < self.total
+
+
+def _local(path: str) -> str:
+    if os.path.exists(path):
+        return path
+    try:
+        local = PathManager.get_local_path(path)  # detectron2:// and http(s):// URLs
+    except Exception as exc:
+        raise WeightsError(f"cannot fetch weights {path}: {type(exc).__name__}: {exc}. "
+                           "Download the file and pass its local path as MODEL.WEIGHTS") from exc
+    return local
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint file as ``{"model": state dict, ...}`` (.pth/.pt: torch; .pkl: Detectron2
+    model zoo or Caffe2 pickles, then ``matching_heuristics`` is set), or a
+    :class:`WeightsError` naming the file and what is wrong with it."""
+    if not path:
+        raise WeightsError("no weights file given (MODEL.WEIGHTS is empty)")
+    local = _local(path)
+    if os.path.isdir(local):
+        raise WeightsError(f"MODEL.WEIGHTS {path} is a folder; pass a checkpoint file in it "
+                           "(e.g. model_final.pth)")
+    if not os.path.isfile(local):
+        raise WeightsError(f"MODEL.WEIGHTS {path}: no such file")
+    try:
+        if local.endswith(".pkl"):
+            with open(local, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+        else:
+            data = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read weights {path}: {type(exc).__name__}: {str(exc)[:300]}. Is it a "
+            "checkpoint saved by Detectron2 or torch.save (.pth) or a model-zoo .pkl?"
+        ) from exc
+    if not isinstance(data, Mapping):
+        raise WeightsError(f"weights {path} hold a {type(data).__name__}, not a state dict "
+                           "(a mapping of parameter names to tensors)")
+    data = dict(data)
+    if local.endswith(".pkl") and not ("model" in data and "__author__" in data):
+        # Caffe2 / Detectron1 pickles: names are matched to the model's by heuristics.
+        blobs = data.get("blobs", data)
+        state = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
+        return {"model": state, "__author__": "Caffe2", "matching_heuristics": True}
+    if "model" not in data:
+        data = {"model": data}
+    if not isinstance(data["model"], Mapping):
+        raise WeightsError(f"weights {path}: 'model' holds a {type(data['model']).__name__}, "
+                           "not a state dict")
+    return data
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+# ----------------------------------------------------------------------------- head shapes
+
+# Parameter -> (what it is, config key, how its first dimension counts classes).
+_HEADS: dict[str, tuple[str, str, str]] = {
+    "roi_heads.box_predictor.cls_score.weight":
+        ("box classifier", "MODEL.ROI_HEADS.NUM_CLASSES", "things+1"),
+    "roi_heads.box_predictor.bbox_pred.weight":
+        ("box regressor", "MODEL.ROI_HEADS.NUM_CLASSES", "4*things"),
+    "roi_heads.mask_head.predictor.weight":
+        ("mask predictor", "MODEL.ROI_HEADS.NUM_CLASSES", "things"),
+    "sem_seg_head.predictor.weight":
+        ("semantic predictor", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "stuff+1"),
+}
+
+
+class HeadShapeMismatch(WeightsError):
+    """A checkpoint's heads were trained for other classes than the model has."""
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 'es'}"
+
+
+def _classes(rows: int, rule: str) -> str:
+    """How many classes a head's first dimension stands for, in words."""
+    if rule == "things+1":
+        return _n(rows - 1, "thing class")
+    if rule in ("4*things", "things"):
+        count = rows // 4 if rule == "4*things" else rows
+        return _n(count, "thing class") + (" (or class-agnostic)" if count == 1 else "")
+    return f"{_n(rows, 'semantic class')} ({rows - 1} stuff + 'things')"
+
+
+def _read_model_state(path: str) -> Mapping[str, Any]:
+    """The model weights of a checkpoint file, read by the one reader of weights files."""
+    return read_checkpoint(path)["model"]
+
+
+def check_head_shapes(
+    model: torch.nn.Module,
+    checkpoint: str | Mapping[str, Any],
+    *,
+    strict: bool = False,
+    dataset: str = "",
+    source: str = "",
+) -> list[str]:
+    """Compare the class-dependent head weights of ``checkpoint`` (a path or a state dict)
+    with ``model``'s, and name every head whose class count differs.
+
+    Detectron2 skips such weights with a terse shape warning; for evaluation that silently
+    means untrained heads, so ``strict`` raises :class:`HeadShapeMismatch`; otherwise
+    (fine-tuning on other categories, where re-initialised heads are expected) one warning
+    is logged. ``dataset`` names where the model's classes come from, ``source`` the file
+    (when ``checkpoint`` is a state dict), for the message.
+    Returns the mismatch descriptions (empty when all fit or the heads are absent).
+    """
+    source = checkpoint if isinstance(checkpoint, str) else (source or "the checkpoint")
+    if isinstance(checkpoint, str):
+        if not checkpoint:
+            return []
+        try:
+            state = _read_model_state(checkpoint)
+        except Exception as exc:  # the load itself reports an unreadable file, by name
+            if strict:
+                raise
+            logger.debug("Head check skipped: cannot read %s (%s)", checkpoint, exc)
+            return []
+    else:
+        state = checkpoint
+    ours = getattr(model, "module", model).state_dict()
+    problems = []
+    for key, (what, cfg_key, rule) in _HEADS.items():
+        if key not in state or key not in ours:
+            continue
+        theirs, mine = tuple(np.shape(state[key])), tuple(ours[key].shape)
+        if theirs[:1] != mine[:1]:
+            problems.append(
+                f"{key} ({what}): checkpoint has {_classes(theirs[0], rule)} (shape "
+                f"{theirs}), the model {_classes(mine[0], rule)} (shape {mine}, {cfg_key})"
+            )
+    if not problems:
+        return problems
+    origin = f" of {dataset}" if dataset else ""
+    listing = "\n  ".join(problems)
+    if strict:
+        raise HeadShapeMismatch(
+            f"Checkpoint {source} does not fit the model's heads, which follow the "
+            f"categories{origin}:\n  {listing}\nEvaluating it would use untrained heads. "
+            "Use a checkpoint trained on these categories (or evaluate on the dataset it was "
+            "trained on); if the class counts are wrong, set the config key shown."
+        )
+    logger.warning(
+        f"Checkpoint {source} was trained for other classes than the model's heads "
+        f"(categories{origin}):\n  {listing}\nThese heads start from random weights and "
+        "learn the new categories, as expected when fine-tuning on another dataset; if not "
+        "intended, set MODEL.WEIGHTS to a checkpoint trained on these categories."
+    )
+    return problems
+
+
+def load_weights(
+    model: torch.nn.Module,
+    path: str,
+    *,
+    purpose: str,
+    allow_partial: bool = False,
+    dataset: str = "",
+) -> WeightsReport:
+    """Load ``path`` into ``model`` for ``purpose`` (words for the messages: "evaluation",
+    "the demo", ...).
+
+    Errors (:class:`WeightsError`, naming the file): an empty path unless ``allow_partial``
+    (training from scratch), an unreadable file, a file with no tensor of this model, and,
+    without ``allow_partial``, any model tensor the file lacks or holds in another shape
+    (heads for other classes are named with their class counts). ``allow_partial`` is for
+    fine-tuning (e.g. COCO weights for another class count): mismatching tensors start from
+    random weights, logged as a partial load.
+    """
+    model = getattr(model, "module", model)
+    if not path:
+        if allow_partial:
+            logger.info(f"MODEL.WEIGHTS is empty: {purpose} starts from random weights")
+            return WeightsReport(path="", total=len(model.state_dict()))
+        raise WeightsError(
+            f"MODEL.WEIGHTS is empty: {purpose} needs trained weights, or its results come "
+            "from a random network. Pass MODEL.WEIGHTS /path/to/model_final.pth"
+        )
+    checkpointer = DetectionCheckpointer(model)
+    checkpoint = read_checkpoint(path)
+    check_head_shapes(model, checkpoint["model"], strict=not allow_partial, dataset=dataset,
+                      source=path)
+    ours = model.state_dict()
+    theirs = [str(k) for k in checkpoint["model"]]
+    given: set[str] = set()
+    load_state_dict = model.load_state_dict
+
+    def counting_load(state_dict, *args, **kwargs):
+        # What reaches the model after name matching and shape filtering (the missing_keys
+        # of torch undercount: FrozenBN fills in absent statistics silently).
+        given.update(state_dict)
+        return load_state_dict(state_dict, *args, **kwargs)
+
+    model.load_state_dict = counting_load
+    try:
+        incompatible = checkpointer._load_model(checkpoint)  # Detectron2's name matching
+    finally:
+        del model.load_state_dict
+    shapes = [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes]
+    wrong = {k for k, _, _ in shapes}
+    report = WeightsReport(
+        path=path, loaded=len(set(ours) & given), total=len(ours),
+        missing=[k for k in ours if k not in given and k not in wrong],
+        unexpected=list(incompatible.unexpected_keys), incorrect_shapes=shapes,
+    )
+    if report.loaded == 0:
+        raise WeightsError(
+            f"weights {path} hold no tensor of this model (the file has {len(theirs)}: "
+            f"{_listing(theirs, 5) or 'none'}; the model expects e.g. "
+            f"{_listing(list(ours), 3)}). Pass a checkpoint of this architecture as "
+            "MODEL.WEIGHTS"
+        )
+    if not report.partial:
+        logger.info(f"Loaded all {report.total} tensors of the model from {path} ({purpose})")
+        return report
+    details = [f"{k}: file {a}, model {b}" for k, a, b in shapes]
+    if report.missing:
+        details.append(f"not in the file: {_listing(report.missing)}")
+    text = "\n  ".join(details)
+    if not allow_partial:
+        raise WeightsError(
+            f"weights {path} do not fit the model for {purpose}: {report.total - report.loaded}"
+            f" of {report.total} tensors would stay random:\n  {text}\nPass a checkpoint "
+            "trained with this config (same classes and architecture) as MODEL.WEIGHTS"
+        )
+    logger.warning(
+        f"Partial load for {purpose}: {report.loaded} of {report.total} tensors from {path}; "
+        f"the other {report.total - report.loaded} start from random weights:\n  {text}"
+    )
+    return report
