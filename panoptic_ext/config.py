@@ -30,6 +30,8 @@ def add_panoptic_config(cfg: CN) -> CN:
     cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS = ["instances", "sem_seg", "panoptic_seg"]
     # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).
     cfg.TEST.PRECISION = "fp32"
+    # Keep each evaluated dataset's COCO panoptic predictions (inference/<dataset>/predictions*).
+    cfg.TEST.SAVE_PREDICTIONS = False
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (CPU or CUDA) or "float16" (CUDA).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
     # Iterations between log lines / metrics.json entries (Detectron2 hard-codes 20).

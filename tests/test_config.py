@@ -45,7 +45,8 @@ def test_3x_matches_detectron2_model_zoo():
     assert a["MODEL.SEM_SEG_HEAD.NAME"] == "SemanticFPNHead"
     # The keys we add: our own node, and precision switches next to the ones they extend.
     extra = {"SOLVER.AMP.DTYPE", "SOLVER.LOG_PERIOD", "TEST.PRECISION",
-             "DATALOADER.ON_BAD_SAMPLE", "DATALOADER.VALIDATE", "DATASETS.PANOPTIC_FOLDERS"}
+             "DATALOADER.ON_BAD_SAMPLE", "DATALOADER.VALIDATE", "DATASETS.PANOPTIC_FOLDERS",
+             "TEST.SAVE_PREDICTIONS"}
     assert all(k.startswith("MODEL.PANOPTIC_EXT.") or k in extra for k in set(a) - set(b))
 
 

@@ -14,6 +14,7 @@ import argparse
 
 from detectron2.engine import default_argument_parser, launch
 
+from panoptic_ext.apps.curves import write_training_curves
 from panoptic_ext.data.custom import FOLDER_SPEC
 from panoptic_ext.engine import setup
 from panoptic_ext.engine.trainer import evaluate_only, train
@@ -23,7 +24,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         return evaluate_only(cfg, resume=args.resume)
-    return train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    write_training_curves(cfg.OUTPUT_DIR)  # OUTPUT_DIR/curves.png; a failure only warns
+    return result
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="register your COCO-panoptic folder as NAME and NAME_separated (repeatable; "
         "same as DATASETS.PANOPTIC_FOLDERS; put it before the KEY VALUE overrides); heads "
         "follow its categories",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a fresh run in an OUTPUT_DIR that holds an earlier run's checkpoints: "
+        "deletes them and its metrics.json (without it, such a run is refused; --resume "
+        "continues it instead)",
     )
     return parser
 

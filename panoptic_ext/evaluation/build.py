@@ -77,7 +77,9 @@ def build_panoptic_evaluators(
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
     if evaluator_type == "coco_panoptic_seg":
-        evaluators.append(PanopticEvaluator(dataset_name, output_dir=output_folder))
+        save = bool(cfg.TEST.get("SAVE_PREDICTIONS", False))  # TEST.SAVE_PREDICTIONS
+        evaluators.append(PanopticEvaluator(dataset_name, output_dir=output_folder,
+                                            save_panoptic=save))
     if not evaluators:
         raise NotImplementedError(
             f"No evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "

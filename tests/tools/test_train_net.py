@@ -15,6 +15,10 @@ def test_train_writes_checkpoints_and_metrics(trained):
     assert set(metrics) >= {"panoptic_seg", "bbox", "segm", "sem_seg"}
     assert {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(metrics["panoptic_seg"])
     assert "mIoU" in metrics["sem_seg"]
+    # The final evaluation's scalars reach the training log (plot_curves draws PQ from it).
+    rows = [json.loads(x) for x in (trained / "metrics.json").read_text().splitlines()]
+    evaluated = [r for r in rows if "panoptic_seg/PQ" in r]
+    assert [r["panoptic_seg/PQ"] for r in evaluated] == [metrics["panoptic_seg"]["PQ"]]
 
 
 def test_resume_continues_from_last_checkpoint(trained, env, tmp_path):
@@ -44,3 +48,29 @@ def test_eval_only_writes_metrics(trained, env, tmp_path):
         (trained / "inference/synthetic_panoptic_val_separated/metrics.json").read_text())
     assert metrics["panoptic_seg"] == final["panoptic_seg"]
     assert metrics["sem_seg"] == final["sem_seg"]
+
+
+def test_rerun_into_a_used_folder_is_refused(trained, env, tmp_path):
+    out = tmp_path / "used"
+    out.mkdir()
+    for f in ("model_final.pth", "last_checkpoint"):
+        (out / f).write_bytes((trained / f).read_bytes())
+    proc = _run(["tools/train_net.py", "--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "2",
+                 "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out)], env, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert f"OUTPUT_DIR {out} already holds checkpoints" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert (out / "model_final.pth").read_bytes() == (trained / "model_final.pth").read_bytes()
+    assert not (out / "metrics.json").exists()
+
+
+def test_eval_only_refuses_a_file_without_weights(trained, env, tmp_path):
+    foreign = tmp_path / "foo.pth"
+    foreign.write_bytes(b"garbage, not a checkpoint")
+    proc = _run(["tools/train_net.py", "--config-file", CONFIG, "--eval-only", *FAST,
+                 "MODEL.WEIGHTS", str(foreign), "OUTPUT_DIR", str(tmp_path / "eval")], env,
+                check=False)
+    assert proc.returncode != 0
+    assert f"cannot read weights {foreign}" in proc.stdout + proc.stderr
+    assert not (tmp_path / "eval" / "inference").exists()
