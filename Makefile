@@ -63,13 +63,14 @@ lint: install
 	$(PY) -m ruff check .
 
 DEMO_CONFIG ?= configs/Synthetic/panoptic_fpn_R_50.yaml
+DEMO_OPTS ?=
 DATA_ROOT := $${DETECTRON2_DATASETS:-datasets}
 
 # The main job: generate data, train from scratch on CPU (resumes if interrupted), evaluate,
 # and draw the validation images.
 demo: install
 	$(PY) datasets/prepare_synthetic.py
-	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_OUT)
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_OUT) $(DEMO_OPTS)
 	$(PY) tools/demo.py --config-file $(DEMO_CONFIG) \
 		--input "$(DATA_ROOT)/synthetic_panoptic/val/0000010000[01]?.jpg" \
 		--output $(DEMO_OUT)/pictures --opts MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
