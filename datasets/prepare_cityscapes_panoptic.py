@@ -19,20 +19,15 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from panoptic_ext.data.cityscapes import CITYSCAPES_SPLITS, prepare_cityscapes_panoptic
+from panoptic_ext.cli import add_dataset_script_arguments  # noqa: E402 (importable by now)
 from panoptic_ext.formats import PanopticFormatError  # noqa: E402 (importable by now)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="datasets root holding cityscapes/ (default: $DETECTRON2_DATASETS or ./datasets)",
-    )
+    add_dataset_script_arguments(parser, "cityscapes/", "convert every file again")
     parser.add_argument("--splits", nargs="+", default=list(CITYSCAPES_SPLITS))
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--force", action="store_true", help="convert every file again")
     return parser.parse_args(argv)
 
 

@@ -18,19 +18,14 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from panoptic_ext.data.coco_prep import DEFAULT_SPLITS, prepare_coco_panoptic_fpn
+from panoptic_ext.cli import add_dataset_script_arguments  # noqa: E402 (importable by now)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="datasets root holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)",
-    )
+    add_dataset_script_arguments(parser, "coco/", "rewrite up-to-date outputs too")
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS))
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--force", action="store_true", help="rewrite up-to-date outputs too")
     return parser.parse_args(argv)
 
 

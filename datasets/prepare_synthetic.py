@@ -17,22 +17,17 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from panoptic_ext.data.synthetic import SyntheticDatasetMismatch, generate_synthetic_dataset
+from panoptic_ext.cli import add_dataset_script_arguments  # noqa: E402 (importable by now)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; defaults match what the synthetic configs expect."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)",
-    )
+    add_dataset_script_arguments(parser, "", "replace an existing, different set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=300)
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (>= 64)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--force", action="store_true", help="replace an existing, different set")
     return parser.parse_args(argv)
 
 

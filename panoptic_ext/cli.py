@@ -1,9 +1,10 @@
 """Command-line helpers shared by the tools."""
 
 import argparse
+import os
 from collections.abc import Sequence
 
-__all__ = ["parse_args_and_overrides"]
+__all__ = ["add_dataset_script_arguments", "parse_args_and_overrides"]
 
 
 def parse_args_and_overrides(
@@ -18,3 +19,15 @@ def parse_args_and_overrides(
     if len(opts) % 2:
         parser.error(f"config overrides come in KEY VALUE pairs, got {opts}")
     return args, opts
+
+
+def add_dataset_script_arguments(parser: argparse.ArgumentParser, holds: str, force_help: str
+                                 ) -> None:
+    """``--root`` (Detectron2's ``$DETECTRON2_DATASETS`` rule), ``--workers`` and ``--force``:
+    the options every ``datasets/prepare_*.py`` script shares."""
+    parser.add_argument(
+        "--root", default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
+        help=f"datasets root{f' holding {holds}' if holds else ''} (default: "
+             "$DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--force", action="store_true", help=force_help)
