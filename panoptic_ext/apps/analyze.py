@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
@@ -35,7 +36,6 @@ from ..evaluation.ground_truth import PanopticGroundTruth
 from ..evaluation.pq import PQStats, image_pq_stats, summarize_pq
 from ..formats import OFFSET, load_panoptic_json, read_panoptic_png
 from ..utils.io import atomic_write
-from .run_exported_template import read_image
 from .visualize import GAP, draw_panoptic, fit, hstack, image_files_by_id, panel_size, save_png
 
 __all__ = [
@@ -324,7 +324,7 @@ def _worst_pictures(results: Sequence[ImageResult], gt: PanopticGroundTruth, met
     written = []
     for rank, r in enumerate(results[:k], 1):
         ann = gt.annotation({"image_id": r.image_id, "file_name": r.image_file})
-        image = read_image(r.image_file, "RGB")
+        image = read_image(r.image_file, format="RGB")
         pred_ids = read_panoptic_png(r.prediction_file, r.image_id)
         title = (f"#{rank} {r.name}: PQ {r.pq:.1f}  SQ {r.sq:.1f}  RQ {r.rq:.1f}  "
                  f"TP {r.tp}  FP {r.fp}  FN {r.fn}")

@@ -27,6 +27,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
 from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.modeling import build_model
 from torch import Tensor, nn
@@ -36,7 +37,6 @@ from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights
 from ..modeling.postprocess import panoptic_from_detections, segments_from_tensors
 from ..utils.io import atomic_write_json
-from .run_exported_template import read_image
 
 __all__ = [
     "EXPORT_FILES",
@@ -228,7 +228,7 @@ def export_torchscript(
     module = PanopticExportModule(model).eval()
 
     path = _sample_image(cfg, sample_image)
-    image, out_size = preprocess_like_predictor(cfg, read_image(path, "BGR"))
+    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
     with torch.no_grad():
         num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
     if num_det == 0:

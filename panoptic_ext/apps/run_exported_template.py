@@ -32,8 +32,7 @@ warnings.filterwarnings("ignore", message="torch.meshgrid")
 def to_8bit(img: Image.Image) -> Image.Image:
     """An 8-bit image of any PIL mode without clipping (PIL's convert saturates 16/32-bit):
     16-bit (I;16*) scaled by the dtype's range (v * 255 / 65535); I and F by the image's own
-    min..max unless already within 0..255. The one home of this rule: the demo, export and
-    the analysis tools import it from here, as the runner itself must not need panoptic_ext."""
+    min..max unless already within 0..255. Same rule as panoptic_ext.apps.demo.to_8bit."""
     if img.mode.startswith("I;16"):
         a = np.asarray(img).astype(np.float64) * (255.0 / 65535.0)
     elif img.mode in ("I", "F"):
@@ -46,13 +45,13 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
-def read_image(path: str, input_format: str = "BGR") -> np.ndarray:
+def read_image(path: str, input_format: str) -> np.ndarray:
     """HxWx3 uint8 in the model's channel order, upright per EXIF, every PIL mode (16-bit,
     palette, LA, I, F) converted by to_8bit, then to RGB."""
     with Image.open(path) as img:
         img = to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
         array = np.asarray(img)
-    return np.ascontiguousarray(array[:, :, ::-1] if input_format == "BGR" else array)
+    return array[:, :, ::-1] if input_format == "BGR" else array
 
 
 def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:

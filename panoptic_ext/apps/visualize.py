@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb
+from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from tqdm import tqdm
@@ -25,7 +25,6 @@ from tqdm import tqdm
 from ..data.metadata import VOID_LABEL
 from ..evaluation.ground_truth import PanopticGroundTruth
 from ..utils.io import atomic_write
-from .run_exported_template import read_image
 
 __all__ = [
     "SOURCES",
@@ -145,7 +144,7 @@ def visualize_annotations(dataset: str, output: str, num: int | None = None,
     written = []
     for image_id in tqdm(image_ids, desc="annotations", unit="img", disable=not progress):
         ann = gt.annotation({"image_id": image_id})
-        image = read_image(files[image_id], "RGB")
+        image = read_image(files[image_id], format="RGB")
         ids = gt.read(ann)
         picture = draw_panoptic(image, ids, ann["segments_info"], meta, gt.categories)
         path = os.path.join(output, _stem(files[image_id]) + ".png")
