@@ -1,8 +1,10 @@
 """PQ speed: panopticapi's pq_compute and Detectron2's COCOPanopticEvaluator against ours.
 
 The logic behind ``tools/benchmark_pq.py``: it generates data with ``benchmarks.pq_fixtures``
-(unless the work folder already holds a matching set), checks that both give the same numbers
-and times them on the same files, alternating, so load from elsewhere hits both alike.
+(unless the work folder already holds a matching set), checks that all give the same numbers
+and times them on the same files, alternating, so load from elsewhere hits all alike. Ours
+runs as each backend: our own code ("panoptic_ext") and, when installed, hotcoco behind our
+API ("hotcoco"; what "auto" picks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from panoptic_ext.evaluation import (
     pq_compute,
     read_panoptic_png,
     summarize_pq,
+)
+from panoptic_ext.evaluation import (
+    pq as pq_module,
 )
 
 from .pq_fixtures import compare_results, make_synthetic_dataset
@@ -135,15 +140,22 @@ def _time_evaluators(gt_json: str, pred_json: str, n: int) -> dict:
     from panoptic_ext.evaluation import PanopticEvaluator
 
     name, inputs, outputs = _model_outputs(gt_json, pred_json, n)
-    ours = PanopticEvaluator(name)
-    # parse the GT json before the timed loop (the evaluator reads it on first use)
-    ours.ground_truth.annotation(inputs[0])
-    start = time.perf_counter()
-    ours.reset()
-    for inp, out in zip(inputs, outputs, strict=True):
-        ours.process([inp], [out])
-    res = ours.evaluate()
-    t_ours = time.perf_counter() - start
+
+    def run_ours(backend: str) -> tuple[float, dict, Any]:
+        ours = PanopticEvaluator(name, backend=backend)
+        # parse the GT json before the timed loop (the evaluator reads it on first use)
+        ours.ground_truth.annotation(inputs[0])
+        start = time.perf_counter()
+        ours.reset()
+        for inp, out in zip(inputs, outputs, strict=True):
+            ours.process([inp], [out])
+        res = ours.evaluate()
+        return time.perf_counter() - start, res, ours
+
+    t_ours, res, ours = run_ours("panoptic_ext")
+    t_hot = None
+    if pq_module.hotcoco_available():
+        t_hot, res_hot, _ = run_ours("hotcoco")
     d2_outputs = [{"panoptic_seg": (o["panoptic_seg"][0].clone(),
                                     copy.deepcopy(o["panoptic_seg"][1]))} for o in outputs]
     d2 = COCOPanopticEvaluator(name)
@@ -154,10 +166,13 @@ def _time_evaluators(gt_json: str, pred_json: str, n: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         ref = d2.evaluate()
     t_d2 = time.perf_counter() - start
-    for key, value in ref["panoptic_seg"].items():
-        if abs(res["panoptic_seg"][key] - value) > 1e-7:
-            raise AssertionError(f"evaluators differ on {key}: {res['panoptic_seg'][key]} "
-                                 f"vs {value}")
+    for label, got in (("panoptic_ext", res), ("hotcoco", res_hot if t_hot else None)):
+        if got is None:
+            continue
+        for key, value in ref["panoptic_seg"].items():
+            if abs(got["panoptic_seg"][key] - value) > 1e-7:
+                raise AssertionError(f"evaluator ({label}) differs on {key}: "
+                                     f"{got['panoptic_seg'][key]} vs {value}")
     timing = ours.timing
     return {
         "evaluator_images": n,
@@ -165,6 +180,7 @@ def _time_evaluators(gt_json: str, pred_json: str, n: int) -> dict:
         "evaluator_gt_read_ms_per_image": 1000 * timing["gt_read_seconds"] / n,
         "evaluator_stats_ms_per_image": 1000 * timing["stats_seconds"] / n,
         "evaluator_total_s": t_ours,
+        "evaluator_hotcoco_total_s": t_hot,
         "detectron2_evaluator_total_s": t_d2,
     }
 
@@ -207,17 +223,22 @@ def run_benchmark(
         segs = [len(a["segments_info"]) for a in json.load(f)["annotations"]]
     log(f"segments per image: mean {np.mean(segs):.1f}, min {min(segs)}, max {max(segs)}")
 
-    t_refs, t_ours_all = [], []
-    for _ in range(max(1, repeat)):  # alternate, so that load from elsewhere hits both
+    backends = ["panoptic_ext"] + (["hotcoco"] if pq_module.hotcoco_available() else [])
+    t_refs: list[float] = []
+    t_all: dict[str, list[float]] = {b: [] for b in backends}
+    for _ in range(max(1, repeat)):  # alternate, so that load from elsewhere hits all
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             ref = reference_pq_compute(gt_json, pred_json)
         t_refs.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        ours = pq_compute(gt_json, pred_json, workers=workers)
-        t_ours_all.append(time.perf_counter() - start)
-        compare_results(ours, ref)
-    t_ref, t_ours = min(t_refs), min(t_ours_all)
+        for backend in backends:
+            start = time.perf_counter()
+            ours = pq_compute(gt_json, pred_json, workers=workers, backend=backend)
+            t_all[backend].append(time.perf_counter() - start)
+            compare_results(ours, ref)
+    t_ref = min(t_refs)
+    t_best = {b: min(v) for b, v in t_all.items()}
+    t_ours, t_ours_all = t_best["panoptic_ext"], t_all["panoptic_ext"]
     per_image, n_mem = _time_in_memory(gt_json, pred_json, min(n_images, 200))
     cpu_ref, cpu_ours = _time_single_process(gt_json, pred_json, min(n_images, 100))
     report = {
@@ -228,6 +249,9 @@ def run_benchmark(
         "panopticapi_runs_s": t_refs,
         "ours_runs_s": t_ours_all,
         "speedup": t_ref / t_ours,
+        "hotcoco_s": t_best.get("hotcoco"),
+        "hotcoco_runs_s": t_all.get("hotcoco"),
+        "hotcoco_speedup": t_ref / t_best["hotcoco"] if "hotcoco" in t_best else None,
         "single_process_cpu_ms_per_image_panopticapi": 1000 * cpu_ref,
         "single_process_cpu_ms_per_image_ours": 1000 * cpu_ours,
         "single_process_cpu_ratio": cpu_ref / cpu_ours,
@@ -239,8 +263,22 @@ def run_benchmark(
     }
     runs = f" (best of {len(t_refs)})" if len(t_refs) > 1 else ""
     log(f"panopticapi pq_compute ({os.cpu_count()} processes): {t_ref:.2f} s{runs}")
-    log(f"panoptic_ext pq_compute ({workers or os.cpu_count()} processes): {t_ours:.2f} s{runs}")
-    log(f"speedup: {t_ref / t_ours:.1f}x; results equal to 1e-9 "
+    pooled = workers != 1 and n_images >= pq_module.MIN_IMAGES_FOR_POOL
+    procs = f"{workers or os.cpu_count()} processes" if pooled else "in-process"
+    log(f"panoptic_ext pq_compute, backend panoptic_ext ({procs}): {t_ours:.2f} s{runs}")
+    if "hotcoco" in t_best:
+        log(f"panoptic_ext pq_compute, backend hotcoco (all threads): {t_best['hotcoco']:.2f} s"
+            f"{runs}")
+    log("| `pq_compute` | time | vs panopticapi |")
+    log("|---|---|---|")
+    for label, t in [("panopticapi", t_ref), ("panoptic_ext (own code)", t_ours)] + (
+            [("panoptic_ext (hotcoco backend, the default)", t_best["hotcoco"])]
+            if "hotcoco" in t_best else []):
+        log(f"| {label} | {t:.2f} s | {t_ref / t:.1f}x |")
+    log(f"speedup: {t_ref / t_ours:.1f}x (own code), "
+        + (f"{t_ref / t_best['hotcoco']:.1f}x (hotcoco backend); " if "hotcoco" in t_best
+           else "hotcoco not installed; ")
+        + f"results equal to 1e-9 "
         f"(PQ {report['PQ']:.3f}, PQ_th {report['PQ_th']:.3f}, PQ_st {report['PQ_st']:.3f})")
     log(f"one process, CPU time per image (read both PNGs + stats): panopticapi "
         f"{1000 * cpu_ref:.1f} ms, ours {1000 * cpu_ours:.2f} ms ({cpu_ref / cpu_ours:.1f}x)")
@@ -255,4 +293,7 @@ def run_benchmark(
             f"COCOPanopticEvaluator {report['detectron2_evaluator_total_s']:.2f} s "
             f"({report['detectron2_evaluator_total_s'] / report['evaluator_total_s']:.1f}x), "
             "same results")
+        if report["evaluator_hotcoco_total_s"] is not None:
+            log(f"PanopticEvaluator with backend hotcoco (PNGs written, scored at the end): "
+                f"{report['evaluator_hotcoco_total_s']:.2f} s, same results")
     return report

@@ -43,6 +43,7 @@ from .validate import (
     DatasetValidationError,
     ValidationReport,
     check_dataset_names,
+    check_on_bad_area,
     inspect_file,
 )
 from .validate import validate_datasets as _validate_datasets
@@ -248,7 +249,7 @@ class ResumableTrainingSampler(TrainingSampler):
 # ----------------------------------------------------------------------- loader, hook, checks
 
 
-def _train_dicts(cfg: CfgNode) -> Any:
+def train_dataset_dicts(cfg: CfgNode) -> Any:
     """The same dicts Detectron2's config-driven loader would build."""
     return get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
@@ -276,7 +277,7 @@ def build_train_loader(
     mode = check_on_bad_sample(cfg.DATALOADER.ON_BAD_SAMPLE)
     if dataset is None:
         check_dataset_names(cfg, ("DATASETS.TRAIN",))
-        dataset = _train_dicts(cfg)
+        dataset = train_dataset_dicts(cfg)
     if isinstance(dataset, list):
         dataset = [{**d, INDEX_KEY: i} for i, d in enumerate(dataset)]
     limit = min(100, len(dataset)) if hasattr(dataset, "__len__") else 100
@@ -335,7 +336,9 @@ def validate_cfg_datasets(cfg: CfgNode, progress: bool = True) -> ValidationRepo
     failure: BaseException | None = None
     if comm.is_main_process():
         try:
-            report = _validate_datasets(names, progress=progress)
+            report = _validate_datasets(
+                names, progress=progress,
+                on_bad_area=check_on_bad_area(cfg.DATALOADER.ON_BAD_AREA))
         except Exception as exc:  # shared below, re-raised on every rank
             failure, error = exc, str(exc)
     if comm.get_world_size() > 1:

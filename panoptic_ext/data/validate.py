@@ -20,13 +20,13 @@ import difflib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,14 @@ from ..formats import (
 )
 from ..utils.io import atomic_write_json, read_json_or_none
 from ..utils.paths import user_cache_dir
+from ..utils.pools import safe_pool
 
 __all__ = [
     "DatasetValidationError",
+    "ON_BAD_AREA_CHOICES",
     "ValidationReport",
+    "check_on_bad_area",
+    "segment_areas_and_boxes",
     "check_dataset_names",
     "default_cache_dir",
     "inspect_file",
@@ -56,9 +60,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: panoptic PNGs decoded by panoptic_ext.formats (its messages)
-# Below this many files to decode, a process pool costs more than it saves.
-_MIN_FILES_FOR_POOL = 32
+CACHE_VERSION = 3  # 2: panoptic PNGs decoded by panoptic_ext.formats; 3: segment areas/boxes
+# Below this many files to decode, a process pool costs more than it saves (its workers
+# start from a fresh interpreter, see utils.pools: ~2-3 s for the first pool of a process).
+_MIN_FILES_FOR_POOL = 256
 # Instance boxes may exceed the image by this much (COCO boxes are floats, rounding happens).
 _BOX_TOLERANCE = 1.0
 _EXIF_ORIENTATION = 0x0112
@@ -178,12 +183,37 @@ def _decode_image(path: str) -> dict[str, Any]:
     return {"size": [width, height]}
 
 
+def segment_areas_and_boxes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted ids, pixel count of each, COCO box [x, y, w, h] of each) of an id map.
+
+    What a segment's JSON ``area`` and ``bbox`` must say (panopticapi's converters count
+    pixels; a box spans first to last pixel inclusive).
+    """
+    height, width = ids.shape
+    values = np.unique(ids)
+    k = values.size
+    labels = np.searchsorted(values, ids).astype(np.int32)  # (H, W) index into values
+    counts = np.bincount(labels.ravel(), minlength=k)
+    # which rows / columns each id appears in: one bincount each, no per-id pass
+    rows = np.bincount((labels * height + np.arange(height, dtype=np.int32)[:, None]).ravel(),
+                       minlength=k * height).reshape(k, height) > 0
+    cols = np.bincount((labels * width + np.arange(width, dtype=np.int32)[None, :]).ravel(),
+                       minlength=k * width).reshape(k, width) > 0
+    y0, x0 = rows.argmax(axis=1), cols.argmax(axis=1)
+    y1 = height - 1 - rows[:, ::-1].argmax(axis=1)
+    x1 = width - 1 - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
+    return values, counts, boxes
+
+
 def _decode_panoptic(path: str) -> dict[str, Any]:
     try:  # the reader every consumer uses: RGB only, as Detectron2's loaders expect
         ids = read_panoptic_png(path, allow_alpha=False)
     except PanopticFormatError as exc:
         return {"error": str(exc)}
-    return {"size": [ids.shape[1], ids.shape[0]], "values": [int(v) for v in np.unique(ids)]}
+    values, counts, boxes = segment_areas_and_boxes(ids)
+    return {"size": [ids.shape[1], ids.shape[0]], "values": values.tolist(),
+            "areas": counts.tolist(), "boxes": boxes.tolist()}
 
 
 def _decode_sem_seg(path: str) -> dict[str, Any]:
@@ -289,7 +319,8 @@ def _inspect_all(
                 bar.update()
         else:
             chunk = max(1, min(64, len(todo) // (workers * 8)))
-            with multiprocessing.Pool(min(workers, len(todo))) as pool:
+            # never a fork: the trainer's process may already run OpenCV/torch threads
+            with safe_pool(min(workers, len(todo)), preload=(__name__,)) as pool:
                 for kind, path, fact in pool.imap_unordered(_inspect_task, todo, chunksize=chunk):
                     facts[(kind, path)] = fact
                     bar.update()
@@ -332,6 +363,8 @@ class _Plan:
     instances_json: str | None
     load_error: str | None = None
     found: int = 0  # problems found while planning (e.g. by the fallback reader)
+    # ON_BAD_AREA "fix": (image_id, segment id) -> (pixel count, box), written to a copy
+    fix_areas: dict[tuple, tuple] | None = None
 
 
 def _abs(path: str) -> str:
@@ -670,6 +703,38 @@ def _check_segments(
         return
     for problem in describe_segment_mismatch(*segment_mismatch(pan["values"], ids), json_name):
         report.add(s.panoptic, problem)
+    _check_areas(plan, s, pan, json_name, report)
+
+
+def _check_areas(plan: _Plan, s: _Sample, pan: dict[str, Any], json_name: str,
+                 report: ValidationReport) -> None:
+    """Each segment's JSON ``area`` (and ``bbox``) against its pixels: PQ puts the JSON area
+    in the IoU, so a wrong one gives wrong (even impossible, > 100) SQ and PQ."""
+    if "areas" not in pan:  # decoded by an older version: nothing to compare with
+        return
+    pixels = dict(zip(pan["values"], zip(pan["areas"], pan["boxes"], strict=True), strict=True))
+    image_id = s.pan_entry.get("image_id")
+    for seg in s.pan_entry["segments_info"]:
+        sid = seg.get("id")
+        if sid not in pixels or sid == 0:
+            continue  # reported above (no pixels / void)
+        count, box = pixels[sid]
+        area = seg.get("area")
+        bbox = seg.get("bbox")
+        bad_area = area is not None and area != count
+        bad_box = (bbox is not None and len(bbox) == 4
+                   and any(abs(float(a) - b) > 0.5 for a, b in zip(bbox, box, strict=True)))
+        if not (bad_area or bad_box):
+            continue
+        if plan.fix_areas is not None:
+            plan.fix_areas[(image_id, sid)] = (count, box)
+            continue
+        if bad_area:
+            report.add(s.panoptic, f"segment {sid} of image {image_id} in {json_name}: JSON area "
+                       f"{area} but {count} pixels in the PNG (PQ would use the JSON area)")
+        if bad_box:
+            report.add(s.panoptic, f"segment {sid} of image {image_id} in {json_name}: JSON bbox "
+                       f"{list(bbox)} but the PNG's pixels span {box}")
 
 
 def _check_instances(
@@ -706,6 +771,49 @@ def _check_instances(
 # ----------------------------------------------------------------------------- entry point
 
 
+ON_BAD_AREA_CHOICES = ("error", "fix")
+
+
+def check_on_bad_area(value: str, key: str = "DATALOADER.ON_BAD_AREA") -> str:
+    """The mode, or a ValueError naming ``key`` and the allowed values."""
+    if value not in ON_BAD_AREA_CHOICES:
+        raise ValueError(f"{key}={value!r}; expected one of {list(ON_BAD_AREA_CHOICES)}")
+    return value
+
+
+def _write_fixed_json(plan: _Plan, cache_dir: str | os.PathLike) -> str:
+    """A copy of the dataset's panoptic JSON with pixel-true areas/boxes, used from now on
+    (the metadata's ``panoptic_json`` points to it: what the evaluator reads)."""
+    source = _abs(plan.panoptic_json)
+    with open(source) as f:
+        data = json.load(f)
+    fixed = 0
+    examples = []
+    for ann in data["annotations"]:
+        for seg in ann.get("segments_info", []):
+            hit = plan.fix_areas.get((ann.get("image_id"), seg.get("id")))
+            if hit is None:
+                continue
+            count, box = hit
+            if len(examples) < 3:
+                examples.append(f"image {ann.get('image_id')} segment {seg['id']}: area "
+                                f"{seg.get('area')} -> {count}")
+            if "area" in seg:
+                seg["area"] = int(count)
+            if "bbox" in seg:
+                seg["bbox"] = [int(v) for v in box]
+            fixed += 1
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    path = Path(cache_dir) / "fixed" / f"{_stem(source)}-{digest}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
+    logger.warning(
+        "DATALOADER.ON_BAD_AREA fix: %d segment(s) of %s had a JSON area/bbox unlike their "
+        "pixels (%s%s); dataset '%s' now reads the corrected copy %s",
+        fixed, source, "; ".join(examples), ", ..." if fixed > 3 else "", plan.name, path)
+    return str(path)
+
+
 def validate_datasets(
     names: Sequence[str],
     workers: int | None = None,
@@ -713,6 +821,7 @@ def validate_datasets(
     progress: bool = True,
     max_report: int = 5,
     use_cache: bool = True,
+    on_bad_area: str = "error",
 ) -> ValidationReport:
     """Check every file of the registered datasets ``names``; raise if any is bad.
 
@@ -722,7 +831,9 @@ def validate_datasets(
     annotations need in-range category ids and boxes inside the image. Raises
     :class:`DatasetValidationError` listing the first ``max_report`` bad files; returns the
     report when all is well. Decoding results are cached (see the module docstring);
-    ``workers`` defaults to all cores.
+    ``workers`` defaults to all cores. Every panoptic segment's JSON ``area``/``bbox`` must
+    match its pixels; ``on_bad_area="fix"`` instead writes a corrected copy of the JSON
+    (under ``cache_dir``) and points the dataset's metadata at it, with a warning.
     """
     names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
     for name in names:
@@ -730,7 +841,12 @@ def validate_datasets(
             raise KeyError(unknown_dataset_message(name))
     start = time.perf_counter()
     report = ValidationReport(datasets=names)
+    check_on_bad_area(on_bad_area, "on_bad_area")
     plans = [_plan_dataset(name, report) for name in names]
+    if on_bad_area == "fix":
+        for plan in plans:
+            if plan.panoptic_json:
+                plan.fix_areas = {}
 
     files: dict[tuple[str, str], None] = {}
     for plan in plans:
@@ -756,5 +872,16 @@ def validate_datasets(
     report.seconds = time.perf_counter() - start
     if not report.ok:
         raise DatasetValidationError(report.format(max_report), report)
+    fixed: dict[str, str] = {}  # one corrected copy per JSON, shared by its datasets
+    for plan in plans:
+        if plan.fix_areas:
+            source = _abs(plan.panoptic_json)
+            if source not in fixed:
+                fixed[source] = _write_fixed_json(
+                    plan, default_cache_dir() if cache_dir is None else cache_dir)
+            # Detectron2's Metadata refuses to change a set value; this is a deliberate
+            # redirect to the same data with pixel-true areas
+            SimpleNamespace.__setattr__(MetadataCatalog.get(plan.name), "panoptic_json",
+                                        fixed[source])
     logger.info(report.format())
     return report

@@ -1,6 +1,7 @@
 """Print PQ (summary + per category) for COCO panoptic predictions made elsewhere.
 
     python -m panoptic_ext.evaluation GT_JSON PRED_JSON [GT_DIR PRED_DIR] [--workers N]
+        [--backend auto|hotcoco|panoptic_ext]
 
 Folders default to the json paths without ``.json``, as in panopticapi.
 """
@@ -12,7 +13,13 @@ import json
 import sys
 import time
 
-from .pq import PanopticFormatError, evaluate_files, format_class_table, format_summary_table
+from .pq import (
+    PQ_BACKENDS,
+    PanopticFormatError,
+    evaluate_files,
+    format_class_table,
+    format_summary_table,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pred_dir", nargs="?", default=None)
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: all CPUs)")
+    parser.add_argument("--backend", default="auto", choices=PQ_BACKENDS,
+                        help="auto: hotcoco where it gives panopticapi's numbers, else ours")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="also write the panopticapi-style results to this file")
     args = parser.parse_args(argv)
@@ -33,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         results, stats, categories = evaluate_files(
-            args.gt_json, args.pred_json, args.gt_dir, args.pred_dir, workers=args.workers
+            args.gt_json, args.pred_json, args.gt_dir, args.pred_dir, workers=args.workers,
+            backend=args.backend,
         )
     except (PanopticFormatError, OSError) as e:  # named files: missing, a folder, unreadable
         print(f"error: {e}", file=sys.stderr)

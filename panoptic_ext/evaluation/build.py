@@ -10,18 +10,18 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import (
-    COCOEvaluator,
-    DatasetEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
 from ..utils.io import atomic_write_json
+from .cityscapes import cityscapes_evaluators
+from .coco_ap import FastCOCOEvaluator, check_ap_backend
 from .panoptic_evaluator import PanopticEvaluator
+from .pq import check_pq_backend
+from .sem_seg import FastSemSegEvaluator
 
-__all__ = ["MetricsJSONWriter", "build_evaluator", "build_panoptic_evaluators"]
+__all__ = ["MetricsJSONWriter", "build_evaluator", "build_panoptic_evaluators",
+           "evaluation_backends"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class MetricsJSONWriter(DatasetEvaluator):
         return results
 
 
+def evaluation_backends(cfg: CfgNode) -> tuple[str, str]:
+    """(TEST.PQ_BACKEND, TEST.AP_BACKEND), checked: who scores PQ and box/mask AP."""
+    return (check_pq_backend(cfg.TEST.get("PQ_BACKEND", "auto")),
+            check_ap_backend(cfg.TEST.get("AP_BACKEND", "auto")))
+
+
 def build_panoptic_evaluators(
     cfg: CfgNode, dataset_name: str, output_folder: str | None = None
 ) -> list[DatasetEvaluator]:
@@ -69,17 +75,22 @@ def build_panoptic_evaluators(
     meta = MetadataCatalog.get(dataset_name)
     evaluator_type = getattr(meta, "evaluator_type", None)
     evaluators: list[DatasetEvaluator] = []
+    pq_backend, ap_backend = evaluation_backends(cfg)
     if evaluator_type in ("coco_panoptic_seg", "sem_seg") and hasattr(meta, "sem_seg_root"):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(FastSemSegEvaluator(dataset_name, distributed=True,
+                                              output_dir=output_folder))
     if evaluator_type in ("coco", "coco_panoptic_seg") and hasattr(meta, "json_file"):
         # Name the tasks: inferred from predictions, "segm" would vanish when a model predicts
         # nothing yet.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
+        evaluators.append(FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder,
+                                            backend=ap_backend))
     if evaluator_type == "coco_panoptic_seg":
         save = bool(cfg.TEST.get("SAVE_PREDICTIONS", False))  # TEST.SAVE_PREDICTIONS
         evaluators.append(PanopticEvaluator(dataset_name, output_dir=output_folder,
-                                            save_panoptic=save))
+                                            save_panoptic=save, backend=pq_backend))
+    if getattr(meta, "cityscapes_eval", False):  # Cityscapes' own instance AP and mIoU
+        evaluators += cityscapes_evaluators(dataset_name, output_folder)
     if not evaluators:
         raise NotImplementedError(
             f"No evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "

@@ -67,6 +67,11 @@ class PanopticGroundTruth:
         return self._load()["json"]
 
     @property
+    def root(self) -> str:
+        """Local folder of the ground truth PNGs."""
+        return self._load()["root"]
+
+    @property
     def categories(self) -> dict[int, dict[str, Any]]:
         """Dataset category id -> the JSON's category entry."""
         return self._load()["categories"]

@@ -23,6 +23,7 @@ Detectron2).
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ from ..formats import (
     read_panoptic_png,
     rgb_to_id,
 )
+from ..utils.pools import safe_pool
 
 __all__ = [
     "OFFSET",
@@ -59,10 +61,26 @@ __all__ = [
     "format_pq_table",
     "format_summary_table",
     "format_class_table",
+    "ImpossiblePQError",
+    "check_pq_range",
+    "PQ_BACKENDS",
+    "check_pq_backend",
+    "hotcoco_available",
+    "hotcoco_unsupported",
 ]
+
+# Below this many images a pool costs more than it saves (~5 ms per 640x480 image here).
+# Pool workers start from a fresh interpreter (no hang after OpenCV/torch threads ran in
+# this process): the first pool of a process starts a forkserver that imports this package
+# (~2-3 s idle, torch included); later pools fork that server (~0.1 s).
+MIN_IMAGES_FOR_POOL = 400
+MIN_IMAGES_FOR_WARM_POOL = 64
+_pool_started = False
+logger = logging.getLogger(__name__)
 
 _U16_LIMIT = 1 << 16
 _DENSE_LIMIT = 1 << 22  # largest contingency table counted densely with bincount
+_BAD_AREAS_KEPT = 20  # wrong GT areas named in an error
 
 CategoriesLike = Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]]
 
@@ -75,11 +93,16 @@ CategoriesLike = Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]]
 class PQStats:
     """Per-category tp/fp/fn/iou sums: small, picklable and mergeable across images and ranks."""
 
-    __slots__ = ("per_cat",)
+    __slots__ = ("per_cat", "bad_areas", "num_bad_areas")
 
     def __init__(self, per_cat: Mapping[Any, Sequence[float]] | None = None) -> None:
         # category id -> [tp, fp, fn, iou_sum]
         self.per_cat: dict = {}
+        # GT segments whose JSON area is not their pixel count: the first few as
+        # (image_id, segment id, JSON area, pixels), and how many in all (they can make
+        # IoU, hence SQ and PQ, exceed 1: panopticapi's IoU uses the JSON area)
+        self.bad_areas: list = []
+        self.num_bad_areas = 0
         if per_cat:
             for cat, (tp, fp, fn, iou) in per_cat.items():
                 self.per_cat[cat] = [int(tp), int(fp), int(fn), float(iou)]
@@ -98,8 +121,16 @@ class PQStats:
         entry[2] += fn
         entry[3] += iou
 
+    def note_bad_area(self, image_id: Any, segment_id: int, json_area: Any, pixels: int) -> None:
+        """Remember a GT segment whose JSON area differs from its pixel count."""
+        self.num_bad_areas += 1
+        if len(self.bad_areas) < _BAD_AREAS_KEPT:
+            self.bad_areas.append((image_id, segment_id, json_area, pixels))
+
     def merge(self, other: PQStats) -> PQStats:
         """Add another image's or rank's statistics in place; returns self for chaining."""
+        self.num_bad_areas += other.num_bad_areas
+        self.bad_areas.extend(other.bad_areas[:max(0, _BAD_AREAS_KEPT - len(self.bad_areas))])
         for cat, (tp, fp, fn, iou) in other.per_cat.items():
             entry = self._entry(cat)
             entry[0] += tp
@@ -126,10 +157,13 @@ class PQStats:
         }
 
     def __getstate__(self) -> dict:
-        return {"per_cat": self.per_cat}
+        return {"per_cat": self.per_cat, "bad_areas": self.bad_areas,
+                "num_bad_areas": self.num_bad_areas}
 
     def __setstate__(self, state: dict) -> None:
         self.per_cat = state["per_cat"]
+        self.bad_areas = state.get("bad_areas", [])
+        self.num_bad_areas = state.get("num_bad_areas", 0)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PQStats) and self.per_cat == other.per_cat
@@ -372,6 +406,14 @@ def _image_pq_stats(
         area = seg.get("area") if isinstance(seg, Mapping) else None
         gt_area.append(math.nan if area is None else area)
     cat_of_code = {code: cat for cat, code in codes.items()}
+    stats = PQStats()
+    if gt_list:  # cheap: the contingency table already holds every GT segment's pixels
+        row_area = np.bincount(rows, weights=counts, minlength=n_rows).astype(np.int64)
+        for k, sid in enumerate(gt_list):
+            area = gt_area[k]
+            pixels = int(row_area[gt_row[k]])
+            if area == area and area != pixels:  # NaN (no area) is reported where used
+                stats.note_bad_area(image_id, sid, area, pixels)
     pred_cat_a = np.asarray(pred_cat, dtype=np.int64)
     gt_cat_a = np.asarray(gt_cat, dtype=np.int64)
     gt_crowd_a = np.asarray(gt_crowd, dtype=bool)
@@ -382,7 +424,6 @@ def _image_pq_stats(
     void_col[cols[sel]] = counts[sel]
     pred_void = void_col[pred_col]
 
-    stats = PQStats()
     n_pred = len(pred_list)
     # position in pred_list of each column, and in gt_list of each row
     col_pos = np.full(n_cols, -1, dtype=np.int64)
@@ -506,6 +547,54 @@ def summarize_pq(stats: PQStats, categories: CategoriesLike) -> dict:
     return results
 
 
+class ImpossiblePQError(PanopticFormatError):
+    """PQ, SQ or RQ outside [0, 1]: the input contradicts itself (named in the message)."""
+
+
+def _out_of_range(results: Mapping[str, Any], categories: dict) -> list[str]:
+    bad = []
+    tol = 1e-9
+    for name in ("All", "Things", "Stuff"):
+        for k in ("pq", "sq", "rq"):
+            v = results[name][k]
+            if not (-tol <= v <= 1 + tol):
+                bad.append(f"{name} {k.upper()} = {100 * v:.1f}")
+    for cat, r in results["per_class"].items():
+        for k in ("pq", "sq", "rq"):
+            if not (-tol <= r[k] <= 1 + tol):
+                label = categories.get(cat, {}).get("name", cat)
+                bad.append(f"{k.upper()} of '{label}' (id {cat}) = {100 * r[k]:.1f}")
+    return bad
+
+
+def check_pq_range(results: Mapping[str, Any], stats: PQStats, categories: CategoriesLike,
+                   source: str = "the ground truth JSON") -> None:
+    """Raise :class:`ImpossiblePQError` unless every PQ/SQ/RQ lies in [0, 1].
+
+    Values above 1 come from GT segments whose JSON ``area`` is smaller than their pixel
+    count (panopticapi, and we, put the JSON area in the IoU): the error lists them with
+    image, segment id, JSON area and pixels, so the JSON can be fixed (or the dataset
+    validated: ``DATALOADER.ON_BAD_AREA``).
+    """
+    cats = _categories_dict(categories)
+    bad = _out_of_range(results, cats)
+    if not bad:
+        return
+    shown = "; ".join(bad[:6]) + (f"; and {len(bad) - 6} more" if len(bad) > 6 else "")
+    if stats.num_bad_areas:
+        examples = ", ".join(
+            f"image {img} segment {sid}: JSON area {area} but {pixels} pixels in the PNG"
+            for img, sid, area, pixels in stats.bad_areas[:8])
+        why = (f"{stats.num_bad_areas} ground truth segment(s) in {source} have a JSON 'area' "
+               f"that is not their pixel count ({examples}"
+               f"{', ...' if stats.num_bad_areas > 8 else ''}); fix the areas (panoptic_ext."
+               "data.validate_datasets finds them all)")
+    else:
+        why = "no wrong JSON area was found; please report this input"
+    raise ImpossiblePQError(f"Impossible panoptic quality: {shown} (must be within 0..100). "
+                            f"{why}.")
+
+
 def format_pq_table(results: Mapping[str, Any]) -> str:
     """The All/Things/Stuff summary in panopticapi's console layout."""
     lines = ["{:10s}| {:>5s}  {:>5s}  {:>5s} {:>5s}".format("", "PQ", "SQ", "RQ", "N"),
@@ -528,19 +617,29 @@ def format_summary_table(pq_res: Mapping[str, Any]) -> str:
 def format_class_table(
     pq_res: Mapping[str, Any], categories: CategoriesLike, stats: PQStats | None = None
 ) -> str:
-    """Per-category PQ/SQ/RQ (and TP/FP/FN when stats are given), to see what drives PQ."""
+    """Per-category PQ/SQ/RQ (and TP/FP/FN when stats are given), best PQ first, as
+    Detectron2 logs per-category AP: to see what drives PQ. Categories seen neither in the
+    ground truth nor in predictions come last, marked "-" (they are not averaged)."""
     cats = _categories_dict(categories)
     headers = ["category", "id", "kind", "PQ", "SQ", "RQ"]
     if stats is not None:
         headers += ["TP", "FP", "FN"]
-    rows = []
+    seen_rows: list[list] = []
+    unseen_rows: list[list] = []
     for cat, r in pq_res["per_class"].items():
         info = cats.get(cat, {})
         row = [str(info.get("name", cat)), cat, "thing" if info.get("isthing") == 1 else "stuff"]
+        counts = stats.get(cat)[:3] if stats is not None else None
+        if counts is not None and not any(counts):
+            row += ["-", "-", "-", 0, 0, 0]
+            unseen_rows.append(row)
+            continue
         row += [100 * r[k] for k in ("pq", "sq", "rq")]
-        if stats is not None:
-            row += list(stats.get(cat)[:3])
-        rows.append(row)
+        if counts is not None:
+            row += list(counts)
+        seen_rows.append(row)
+    seen_rows.sort(key=lambda row: (-row[3], row[0]))
+    rows = seen_rows + unseen_rows
     return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".3f",
                     stralign="center", numalign="center")
 
@@ -572,6 +671,8 @@ def _chunk_stats(args: tuple[list, str, str, Any]) -> PQStats:
 
 
 def _worker_init() -> None:
+    # Safe here: pool children start from a fresh interpreter (utils.pools), never from a
+    # fork of a process whose OpenCV thread pool was already running.
     cv2.setNumThreads(1)  # one image per process already uses the core
 
 
@@ -590,6 +691,8 @@ def compute_stats_from_files(
 ) -> PQStats:
     """Accumulate stats over (gt_ann, pred_ann) pairs, decoding PNGs in a process pool.
 
+    Small sets run in-process (see ``MIN_IMAGES_FOR_POOL``); pools never fork this process
+    (:mod:`panoptic_ext.utils.pools`), so they are safe after OpenCV or torch used threads.
     Only small per-category stats come back from workers, so memory stays flat however
     many images there are.
     """
@@ -599,19 +702,124 @@ def compute_stats_from_files(
     pairs = list(pairs)
     cat_keys = {k: None for k in categories}  # workers only need membership
     total = PQStats()
-    if workers == 1 or len(pairs) <= chunk_size:
+    global _pool_started
+    least = MIN_IMAGES_FOR_WARM_POOL if _pool_started else MIN_IMAGES_FOR_POOL
+    if workers == 1 or len(pairs) < max(least, 2):
         for chunk in _chunks(pairs, chunk_size):
             total.merge(_chunk_stats((chunk, gt_folder, pred_folder, cat_keys)))
         return total
     # small chunks keep every worker busy until the end; only annotations go out
     chunk_size = max(1, min(chunk_size, math.ceil(len(pairs) / (workers * 4))))
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     tasks = ((c, gt_folder, pred_folder, cat_keys) for c in _chunks(pairs, chunk_size))
-    with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
+    workers = min(workers, math.ceil(len(pairs) / chunk_size))
+    _pool_started = True
+    with safe_pool(workers, initializer=_worker_init, preload=(__name__,)) as pool:
         for stats in pool.imap(_chunk_stats, tasks):  # in order: reproducible float sums
             total.merge(stats)
     return total
+
+
+# --------------------------------------------------------------------------------------
+# Backends: hotcoco (Rust, several times faster on files) where it gives our numbers
+# --------------------------------------------------------------------------------------
+
+PQ_BACKENDS = ("auto", "hotcoco", "panoptic_ext")
+
+
+def check_pq_backend(value: str, key: str = "TEST.PQ_BACKEND") -> str:
+    """The backend name, or a ValueError naming ``key`` and the allowed values."""
+    if value not in PQ_BACKENDS:
+        raise ValueError(f"{key}={value!r}; expected one of {list(PQ_BACKENDS)}")
+    return value
+
+
+def hotcoco_available() -> bool:
+    """Whether ``hotcoco`` (``pip install hotcoco``) can be imported."""
+    try:
+        import hotcoco.panoptic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def hotcoco_unsupported(gt_json: Mapping[str, Any], pred_json: Mapping[str, Any]) -> str | None:
+    """Why hotcoco could give other numbers or errors than ours on these JSONs, else None.
+
+    hotcoco reproduces panopticapi's rules (JSON areas in the IoU, the last crowd segment of
+    a category, void and unlisted ids, duplicate ids) on well-formed input; tests check that.
+    What it reads differently, or rejects with less precise messages, is sent to our code:
+    non-integer ids/areas, string image ids, a missing ``segments_info``, a GT segment
+    without ``area``/``iscrowd`` (panopticapi raises, hotcoco assumes a value), categories
+    without an integer ``isthing``, image ids listed twice.
+    """
+    seen_cats = set()
+    for cat in gt_json["categories"]:
+        if not isinstance(cat, Mapping) or not _is_int(cat.get("id")):
+            return f"category {cat!r} has no integer id"
+        if cat.get("isthing") not in (0, 1) or not _is_int(cat.get("isthing")):
+            return f"category {cat['id']} has no 0/1 'isthing'"
+        if cat["id"] in seen_cats:
+            return f"category id {cat['id']} is listed twice"
+        seen_cats.add(cat["id"])
+    for which, data, gt in (("ground truth", gt_json, True), ("predicted", pred_json, False)):
+        image_ids = set()
+        for ann in data["annotations"]:
+            if not isinstance(ann, Mapping) or "file_name" not in ann:
+                return f"a {which} annotation has no file_name"
+            if not isinstance(ann.get("segments_info"), list):
+                return f"a {which} annotation has no segments_info list"
+            image_id = ann.get("image_id")
+            if not (_is_int(image_id) and image_id >= 0) or image_id in image_ids:
+                return f"{which} image id {image_id!r} is not an integer >= 0, or listed twice"
+            image_ids.add(image_id)
+            for seg in ann["segments_info"]:
+                if not isinstance(seg, Mapping):
+                    return f"a {which} segment of image {image_id} is not an object"
+                if not (_is_int(seg.get("id")) and 0 <= seg["id"] < OFFSET
+                        and _is_int(seg.get("category_id"))):
+                    return f"a {which} segment of image {image_id} has a non-integer id"
+                if gt and not (_is_int(seg.get("area")) and seg["area"] >= 0
+                               and seg.get("iscrowd") in (0, 1)):
+                    return (f"ground truth segment {seg['id']} of image {image_id} has no "
+                            "integer 'area' or 0/1 'iscrowd'")
+    return None
+
+
+def _hotcoco_stats(gt_json_file: str, pred_json_file: str, gt_folder: str, pred_folder: str
+                   ) -> PQStats:
+    """Per-category tp/fp/fn/iou from hotcoco (it raises ValueError on inputs it rejects)."""
+    from hotcoco.panoptic import PanopticEval
+
+    ev = PanopticEval(gt_json_file, pred_json_file, gt_folder=gt_folder,
+                      pred_folder=pred_folder)
+    if ev.provenance() != "parity_verified":
+        raise ValueError("hotcoco: " + "; ".join(ev.reference_deviations()))
+    ev.evaluate()
+    stats = PQStats()
+    for cat, r in ev.results()["per_class"].items():
+        if r["tp"] or r["fp"] or r["fn"]:
+            stats.add(cat, tp=int(r["tp"]), fp=int(r["fp"]), fn=int(r["fn"]),
+                      iou=float(r["iou"]))
+    return stats
+
+
+def _resolve_backend(backend: str, gt_json: Mapping[str, Any], pred_json: Mapping[str, Any]
+                     ) -> tuple[str, str | None]:
+    """(backend to run, why not hotcoco) for ``backend`` = auto/hotcoco/panoptic_ext."""
+    check_pq_backend(backend, "backend")
+    if backend == "panoptic_ext":
+        return "panoptic_ext", None
+    if not hotcoco_available():
+        if backend == "hotcoco":
+            raise ImportError("PQ backend 'hotcoco' needs the hotcoco package (pip install "
+                              "hotcoco), or use backend 'auto'/'panoptic_ext'")
+        return "panoptic_ext", "hotcoco is not installed"
+    why = hotcoco_unsupported(gt_json, pred_json)
+    return ("panoptic_ext", why) if why else ("hotcoco", None)
 
 
 def evaluate_files(
@@ -620,8 +828,18 @@ def evaluate_files(
     gt_folder: str | None = None,
     pred_folder: str | None = None,
     workers: int | None = None,
+    backend: str = "auto",
+    check_range: bool = True,
 ) -> tuple[dict, PQStats, dict]:
-    """``pq_compute`` that also returns the accumulated stats and the GT categories."""
+    """``pq_compute`` that also returns the accumulated stats and the GT categories.
+
+    ``backend``: "auto" runs hotcoco when it is installed and the input is one it reads as
+    panopticapi does (:func:`hotcoco_unsupported`), else ours; "hotcoco" requires it;
+    "panoptic_ext" always runs ours. Input hotcoco rejects is re-run by ours, so errors are
+    always ours (naming image and segment). ``workers`` applies to ours (hotcoco uses all
+    cores). ``check_range`` raises :class:`ImpossiblePQError` (naming the GT segments whose
+    JSON area is wrong) instead of returning a PQ, SQ or RQ outside [0, 1].
+    """
     gt_json = load_panoptic_json(gt_json_file)
     pred_json = load_panoptic_json(pred_json_file, keys=("annotations",))
     if gt_folder is None:
@@ -634,6 +852,20 @@ def evaluate_files(
         raise FileNotFoundError(f"Folder {pred_folder} with predicted segmentations doesn't exist")
     categories = {el["id"]: el for el in gt_json["categories"]}
 
+    chosen, why = _resolve_backend(backend, gt_json, pred_json)
+    if chosen == "hotcoco":
+        try:
+            stats = _hotcoco_stats(gt_json_file, pred_json_file, gt_folder, pred_folder)
+        except ValueError as exc:  # what it rejects: ours names the image and segment
+            why = f"hotcoco: {exc}"
+        else:
+            results = summarize_pq(stats, categories)
+            if not (check_range and _out_of_range(results, categories)):
+                return results, stats, categories
+            why = "impossible numbers: finding the inputs behind them"
+    if why and backend != "panoptic_ext":
+        logger.info(f"PQ of {pred_json_file} computed by panoptic_ext ({why})")
+
     pred_by_image = {el["image_id"]: el for el in pred_json["annotations"]}
     pairs = []
     for gt_ann in gt_json["annotations"]:
@@ -643,7 +875,10 @@ def evaluate_files(
         pairs.append((gt_ann, pred_by_image[image_id]))
 
     stats = compute_stats_from_files(pairs, gt_folder, pred_folder, categories, workers)
-    return summarize_pq(stats, categories), stats, categories
+    results = summarize_pq(stats, categories)
+    if check_range:
+        check_pq_range(results, stats, categories, gt_json_file)
+    return results, stats, categories
 
 
 def pq_compute(
@@ -653,14 +888,19 @@ def pq_compute(
     pred_folder: str | None = None,
     workers: int | None = None,
     verbose: bool = False,
+    backend: str = "auto",
+    check_range: bool = True,
 ) -> dict:
     """Drop-in for ``panopticapi.evaluation.pq_compute``: same arguments, result and errors.
 
     Folders default to the json path without ``.json`` as in panopticapi. ``workers``
-    (default: all CPUs) sets the decoding processes; ``verbose`` prints panopticapi's table.
+    (default: all CPUs) sets our decoding processes; ``backend`` is as in
+    :func:`evaluate_files`, as is ``check_range`` (False: return impossible numbers as
+    panopticapi does); ``verbose`` prints panopticapi's table.
     """
     start = time.perf_counter()
-    results, _, _ = evaluate_files(gt_json_file, pred_json_file, gt_folder, pred_folder, workers)
+    results, _, _ = evaluate_files(gt_json_file, pred_json_file, gt_folder, pred_folder, workers,
+                                   backend, check_range)
     if verbose:
         print(format_pq_table(results))
         print(f"Time elapsed: {time.perf_counter() - start:0.2f} seconds")

@@ -143,6 +143,13 @@ def test_validate_cfg_datasets_follows_config(data, cfg, tmp_path, monkeypatch):
     assert validate_cfg_datasets(cfg) is None
 
 
+def test_validate_cfg_datasets_reads_on_bad_area(data, cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg.DATALOADER.ON_BAD_AREA = "repair"
+    with pytest.raises(ValueError, match="DATALOADER.ON_BAD_AREA='repair'"):
+        validate_cfg_datasets(cfg, progress=False)
+
+
 def test_resumable_sampler_continues_the_stream():
     full = ResumableTrainingSampler(10, seed=7)
     stream = list(itertools.islice(iter(full), 25))

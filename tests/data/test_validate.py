@@ -213,3 +213,54 @@ def test_duplicate_image_id_named(data, tmp_path):
     assert "panoptic_val.json" in msg and "is used by 2 images" in msg
     assert "000001000001" in msg and "000001000002" in msg
 
+
+
+def _first_segment(data):
+    import json
+
+    d = json.load(open(data / "panoptic_val.json"))
+    ann = d["annotations"][0]
+    return ann["image_id"], ann["file_name"], ann["segments_info"][0]
+
+
+def test_wrong_json_area_and_bbox_named_with_both_values(data, tmp_path):
+    image_id, file_name, seg = _first_segment(data)
+
+    def corrupt(d):
+        d["annotations"][0]["segments_info"][0]["area"] = seg["area"] + 7
+        d["annotations"][0]["segments_info"][1]["bbox"] = [0, 0, 1, 1]
+
+    edit_json(data / "panoptic_val.json", corrupt)
+    msg = _error(["synthetic_panoptic_val_separated"], tmp_path, max_report=10)
+    png = data / "panoptic_val" / file_name
+    assert (f"{png}: segment {seg['id']} of image {image_id} in panoptic_val.json: JSON area "
+            f"{seg['area'] + 7} but {seg['area']} pixels in the PNG") in msg
+    assert "JSON bbox [0, 0, 1, 1] but the PNG's pixels span [" in msg
+
+
+def test_on_bad_area_fix_writes_a_corrected_copy(data, tmp_path, caplog):
+    import json
+
+    name = "synthetic_panoptic_val_separated"
+    image_id, _, seg = _first_segment(data)
+    edit_json(data / "panoptic_val.json",
+              lambda d: d["annotations"][0]["segments_info"][0].update(area=3))
+    original = MetadataCatalog.get(name).panoptic_json
+    with caplog.at_level("WARNING", logger="panoptic_ext.data.validate"):
+        _validate([name], tmp_path, on_bad_area="fix")
+    fixed = MetadataCatalog.get(name).panoptic_json
+    assert fixed != original and fixed.startswith(str(tmp_path / "cache" / "fixed"))
+    assert json.load(open(fixed))["annotations"][0]["segments_info"][0]["area"] == seg["area"]
+    assert json.load(open(original))["annotations"][0]["segments_info"][0]["area"] == 3
+    assert f"image {image_id} segment {seg['id']}: area 3 -> {seg['area']}" in caplog.text
+    with pytest.raises(ValueError, match="on_bad_area='repair'"):
+        _validate([name], tmp_path, on_bad_area="repair")
+
+
+def test_segment_areas_and_boxes():
+    ids = np.zeros((5, 6), np.uint32)
+    ids[1:3, 2:5] = 7
+    ids[4, 0] = 9
+    values, counts, boxes = validate_mod.segment_areas_and_boxes(ids)
+    assert values.tolist() == [0, 7, 9] and counts.tolist() == [23, 6, 1]
+    assert boxes.tolist() == [[0, 0, 6, 5], [2, 1, 3, 2], [0, 4, 1, 1]]
