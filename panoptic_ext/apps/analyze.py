@@ -248,11 +248,12 @@ def run_model_predictions(cfg: CfgNode, dataset: str, output: str) -> dict:
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
 
-    from ..engine.weights import load_weights
+    from ..engine.weights import load_weights, trust_weights_file
     from ..evaluation.panoptic_evaluator import PanopticEvaluator
 
     model = build_model(cfg).eval()
-    load_weights(model, cfg.MODEL.WEIGHTS, purpose="the analysis", dataset=dataset)
+    load_weights(model, cfg.MODEL.WEIGHTS, purpose="the analysis", dataset=dataset,
+                 trust_file=trust_weights_file(cfg))
     evaluator = PanopticEvaluator(dataset, output_dir=output, save_panoptic=True)
     loader = build_detection_test_loader(cfg, dataset)
     return dict(inference_on_dataset(model, loader, evaluator) or {})

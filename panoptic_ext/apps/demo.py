@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
 from ..engine.defaults import panoptic_metadata
-from ..engine.weights import load_weights
+from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
 from ..utils.io import atomic_write_json
 
@@ -187,7 +187,7 @@ class PanopticDemo:
         unloaded.freeze()
         self.predictor = DefaultPredictor(unloaded)
         load_weights(self.predictor.model, cfg.MODEL.WEIGHTS, purpose="the demo",
-                     dataset=self.metadata.name)
+                     dataset=self.metadata.name, trust_file=trust_weights_file(cfg))
         self.cpu = torch.device("cpu")
 
     def predict(self, image_bgr: np.ndarray) -> dict[str, Any]:

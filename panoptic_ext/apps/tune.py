@@ -29,7 +29,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..engine.defaults import panoptic_metadata
-from ..engine.weights import load_weights
+from ..engine.weights import load_weights, trust_weights_file
 from ..evaluation import (
     PanopticGroundTruth,
     PQStats,
@@ -264,7 +264,8 @@ def tune_combine(
     dataset = panoptic_metadata(cfg, dataset, key="--dataset" if dataset else "DATASETS.TEST"
                                 ).name
     model = build_model(cfg).eval()
-    load_weights(model, cfg.MODEL.WEIGHTS, purpose="tuning", dataset=dataset)
+    load_weights(model, cfg.MODEL.WEIGHTS, purpose="tuning", dataset=dataset,
+                 trust_file=trust_weights_file(cfg))
     combine = model.combine
     needed = ("overlap_thresh", "stuff_area_thresh", "score_thresh", "with_thresholds")
     if not all(hasattr(combine, a) for a in needed):

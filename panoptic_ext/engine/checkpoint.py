@@ -34,7 +34,14 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose checkpoint files and `last_checkpoint` pointer appear whole
-    or not at all: a SIGKILL during a save leaves the previous checkpoint and pointer intact."""
+    or not at all: a SIGKILL during a save leaves the previous checkpoint and pointer intact.
+    Files are read by :func:`read_checkpoint` (no code from them runs unless ``trust_file``,
+    from :func:`~.weights.trust_weights_file`)."""
+
+    def __init__(self, model: torch.nn.Module, save_dir: str = "", *, trust_file: bool = False,
+                 **kwargs: Any):
+        super().__init__(model, save_dir, **kwargs)
+        self.trust_file = trust_file
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -52,7 +59,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         """Every checkpoint read (resume included) goes through :func:`read_checkpoint`."""
-        data = read_checkpoint(filename)
+        data = read_checkpoint(filename, trust_file=self.trust_file)
         parsed = getattr(self, "_parsed_url_during_load", None)
         if parsed is not None and parse_qs(parsed.query).get("matching_heuristics") == ["True"]:
             data["matching_heuristics"] = True

@@ -1,7 +1,8 @@
 """The one way every tool reads and loads model weights (training, --eval-only, demo, tuning,
 export), so a file that does not fit the model is an error naming it, never a random network.
 
-All file reading goes through :func:`read_checkpoint` (the place to restrict unpickling).
+All file reading goes through :func:`read_checkpoint`, which runs no code from the file
+(restricted unpickling, see :mod:`.unpickling`) unless the config trusts it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
+from safetensors import safe_open
 
-__all__ = ["WeightsError", "WeightsReport", "load_weights", "read_checkpoint"]
+from .unpickling import (
+    RefusedGlobal,
+    describe_error,
+    load_pickle,
+    refused_by_torch,
+    torch_load_weights_only,
+)
+
+__all__ = ["TRUST_KEY", "WeightsError", "WeightsReport", "load_weights", "read_checkpoint",
+           "trust_weights_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +67,100 @@ def _local(path: str) -> str:
     return local
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
+TRUST_KEY = "MODEL.PANOPTIC_EXT.TRUST_WEIGHTS_FILE"
+
+
+def trust_weights_file(cfg: CfgNode) -> bool:
+    """The config's opt-in to unpickle weight files in full (:data:`TRUST_KEY`); the one
+    place the key is read."""
+    value = cfg.MODEL.PANOPTIC_EXT.TRUST_WEIGHTS_FILE
+    if not isinstance(value, bool):
+        raise ValueError(f"{TRUST_KEY} must be True or False, got {value!r}")
+    return value
+
+
+def _split_query(path: str) -> tuple[str, bool]:
+    """``path`` without Detectron2's ``?matching_heuristics=True`` suffix, and whether it
+    had it (a file whose name holds "?" is taken as it is)."""
+    if "?" not in path or os.path.exists(path):
+        return path, False
+    parsed = urlparse(path)
+    queries = parse_qs(parsed.query)
+    if set(queries) != {"matching_heuristics"}:
+        raise WeightsError(f"MODEL.WEIGHTS {path}: the only query Detectron2 knows is "
+                           "?matching_heuristics=True")
+    return parsed._replace(query="").geturl(), queries["matching_heuristics"] == ["True"]
+
+
+def _refused(path: str, what: str) -> WeightsError:
+    converted = os.path.splitext(path.split("?", 1)[0])[0] + ".safetensors"
+    return WeightsError(
+        f"weights {path} were refused: reading them would build {what}, which weight files "
+        "do not need and which can run code from the file (only tensors, numpy arrays, "
+        "numbers and containers are read). If you trust the file, set "
+        f"{TRUST_KEY} True (it then runs whatever the file holds), or convert it once: "
+        f"python tools/convert_weights.py --trust-input {path} {converted}"
+    )
+
+
+def _read_safetensors(local: str) -> dict[str, Any]:
+    """A ``.safetensors`` file as a checkpoint; the metadata tools/convert_weights.py writes
+    restores Detectron2's name matching (``matching_heuristics``, ``__author__``)."""
+    with safe_open(local, framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        data: dict[str, Any] = {"model": {k: f.get_tensor(k) for k in f.keys()}}
+    if meta.get("matching_heuristics") == "True":
+        data["matching_heuristics"] = True
+    if meta.get("__author__"):
+        data["__author__"] = meta["__author__"]
+    return data
+
+
+def _unpickle(local: str, path: str, trust_file: bool) -> Any:
+    if trust_file:
+        logger.warning(f"{TRUST_KEY}: unpickling weights {path} in full; this runs any code "
+                       "the file holds (only for files you trust)")
+    if local.endswith(".pkl"):
+        with open(local, "rb") as f:
+            return (pickle.load if trust_file else load_pickle)(f, encoding="latin1")
+    if trust_file:
+        return torch.load(local, map_location="cpu", weights_only=False)
+    return torch_load_weights_only(local)
+
+
+def read_checkpoint(path: str, *, trust_file: bool = False) -> dict[str, Any]:
     """A checkpoint file as ``{"model": state dict, ...}`` (.pth/.pt: torch; .pkl: Detectron2
-    model zoo or Caffe2 pickles, then ``matching_heuristics`` is set), or a
-    :class:`WeightsError` naming the file and what is wrong with it."""
+    model zoo or Caffe2 pickles, then ``matching_heuristics`` is set; .safetensors), or a
+    :class:`WeightsError` naming the file and what is wrong with it.
+
+    Nothing in the file is run: .pth is read weights-only, .pkl by an unpickler that builds
+    only containers and numpy arrays; a file needing more is refused, naming the type, unless
+    ``trust_file`` (:data:`TRUST_KEY`) restores full unpickling, logged as a warning.
+    """
     if not path:
         raise WeightsError("no weights file given (MODEL.WEIGHTS is empty)")
-    local = _local(path)
+    path_only, heuristics = _split_query(path)
+    local = _local(path_only)
     if os.path.isdir(local):
         raise WeightsError(f"MODEL.WEIGHTS {path} is a folder; pass a checkpoint file in it "
                            "(e.g. model_final.pth)")
     if not os.path.isfile(local):
         raise WeightsError(f"MODEL.WEIGHTS {path}: no such file")
     try:
-        if local.endswith(".pkl"):
-            with open(local, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
+        if local.endswith(".safetensors"):
+            data = _read_safetensors(local)
         else:
-            data = torch.load(local, map_location="cpu", weights_only=True)
+            data = _unpickle(local, path, trust_file)
+    except RefusedGlobal as exc:
+        raise _refused(path, exc.name) from None
     except Exception as exc:
+        refused = refused_by_torch(exc)
+        if refused is not None:
+            raise _refused(path, refused) from None
         raise WeightsError(
-            f"cannot read weights {path}: {type(exc).__name__}: {str(exc)[:300]}. Is it a "
-            "checkpoint saved by Detectron2 or torch.save (.pth) or a model-zoo .pkl?"
+            f"cannot read weights {path}: {describe_error(exc)}. Is it a "
+            "checkpoint saved by Detectron2 or torch.save (.pth), a model-zoo .pkl or a "
+            ".safetensors file?"
         ) from exc
     if not isinstance(data, Mapping):
         raise WeightsError(f"weights {path} hold a {type(data).__name__}, not a state dict "
@@ -91,6 +176,8 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(data["model"], Mapping):
         raise WeightsError(f"weights {path}: 'model' holds a {type(data['model']).__name__}, "
                            "not a state dict")
+    if heuristics:
+        data["matching_heuristics"] = True
     return data
 
 
@@ -132,9 +219,9 @@ def _classes(rows: int, rule: str) -> str:
     return f"{_n(rows, 'semantic class')} ({rows - 1} stuff + 'things')"
 
 
-def _read_model_state(path: str) -> Mapping[str, Any]:
+def _read_model_state(path: str, trust_file: bool = False) -> Mapping[str, Any]:
     """The model weights of a checkpoint file, read by the one reader of weights files."""
-    return read_checkpoint(path)["model"]
+    return read_checkpoint(path, trust_file=trust_file)["model"]
 
 
 def check_head_shapes(
@@ -144,6 +231,7 @@ def check_head_shapes(
     strict: bool = False,
     dataset: str = "",
     source: str = "",
+    trust_file: bool = False,
 ) -> list[str]:
     """Compare the class-dependent head weights of ``checkpoint`` (a path or a state dict)
     with ``model``'s, and name every head whose class count differs.
@@ -152,7 +240,8 @@ def check_head_shapes(
     means untrained heads, so ``strict`` raises :class:`HeadShapeMismatch`; otherwise
     (fine-tuning on other categories, where re-initialised heads are expected) one warning
     is logged. ``dataset`` names where the model's classes come from, ``source`` the file
-    (when ``checkpoint`` is a state dict), for the message.
+    (when ``checkpoint`` is a state dict), for the message; ``trust_file`` as for
+    :func:`read_checkpoint`.
     Returns the mismatch descriptions (empty when all fit or the heads are absent).
     """
     source = checkpoint if isinstance(checkpoint, str) else (source or "the checkpoint")
@@ -160,7 +249,7 @@ def check_head_shapes(
         if not checkpoint:
             return []
         try:
-            state = _read_model_state(checkpoint)
+            state = _read_model_state(checkpoint, trust_file)
         except Exception as exc:  # the load itself reports an unreadable file, by name
             if strict:
                 raise
@@ -206,6 +295,7 @@ def load_weights(
     purpose: str,
     allow_partial: bool = False,
     dataset: str = "",
+    trust_file: bool = False,
 ) -> WeightsReport:
     """Load ``path`` into ``model`` for ``purpose`` (words for the messages: "evaluation",
     "the demo", ...).
@@ -215,7 +305,8 @@ def load_weights(
     without ``allow_partial``, any model tensor the file lacks or holds in another shape
     (heads for other classes are named with their class counts). ``allow_partial`` is for
     fine-tuning (e.g. COCO weights for another class count): mismatching tensors start from
-    random weights, logged as a partial load.
+    random weights, logged as a partial load. ``trust_file`` (from
+    :func:`trust_weights_file`) unpickles the file in full, see :func:`read_checkpoint`.
     """
     model = getattr(model, "module", model)
     if not path:
@@ -227,7 +318,7 @@ def load_weights(
             "from a random network. Pass MODEL.WEIGHTS /path/to/model_final.pth"
         )
     checkpointer = DetectionCheckpointer(model)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust_file=trust_file)
     check_head_shapes(model, checkpoint["model"], strict=not allow_partial, dataset=dataset,
                       source=path)
     ours = model.state_dict()
@@ -248,9 +339,17 @@ def load_weights(
         del model.load_state_dict
     shapes = [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes]
     wrong = {k for k, _, _ in shapes}
+    # Tensors only training uses (learned loss weights) may be absent from a file made
+    # without them (Detectron2's, a "fixed" run's): they keep their start values.
+    optional = tuple(getattr(model, "training_only_prefixes", lambda: ())())
+    absent_optional = [k for k in ours if k not in given and optional and k.startswith(optional)]
+    if absent_optional:
+        logger.info(f"{path} has no {_listing(absent_optional)} (training-only tensors); "
+                    "they keep their start values")
     report = WeightsReport(
-        path=path, loaded=len(set(ours) & given), total=len(ours),
-        missing=[k for k in ours if k not in given and k not in wrong],
+        path=path, loaded=len(set(ours) & given), total=len(ours) - len(absent_optional),
+        missing=[k for k in ours if k not in given and k not in wrong
+                 and k not in absent_optional],
         unexpected=list(incompatible.unexpected_keys), incorrect_shapes=shapes,
     )
     if report.loaded == 0:
