@@ -30,7 +30,6 @@ import glob
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
@@ -43,11 +42,12 @@ from tqdm import tqdm
 
 from ..formats import PanopticFormatError
 from ..utils.io import atomic_write_json, read_json_or_none
+from ..utils.pools import safe_pool
 from .builtin import unregister_dataset
 from .custom.categories import normalize_categories
 from .custom.derive import prepare_panoptic_dataset
 from .custom.folder import PanopticFolder, remember_folder
-from .custom.register import _load_separated, _load_standard
+from .custom.register import load_separated_dicts, load_standard_dicts
 from .metadata import default_datasets_root, panoptic_separated_metadata, panoptic_standard_metadata
 
 __all__ = [
@@ -173,12 +173,13 @@ def register_cityscapes_panoptic(root: str | os.PathLike | None = None) -> list[
                   "panoptic_json": paths["panoptic_json"], "gt_dir": paths["gt_dir"],
                   "evaluator_type": "coco_panoptic_seg", "ignore_label": 255,
                   "label_divisor": 1000,
+                  "cityscapes_eval": True,  # + Cityscapes' own AP and mIoU (evaluation.cityscapes)
                   "prepare_hint": hint}  # how to create missing files (validation errors)
         plain = f"cityscapes_fine_panoptic_{split}"
         if plain not in DatasetCatalog.list():  # Detectron2's own (Panoptic-DeepLab) wins
             folder = _folder(plain, paths)
             DatasetCatalog.register(plain, functools.partial(
-                _load, _load_standard, folder, [paths["panoptic_json"], paths["image_root"]],
+                _load, load_standard_dicts, folder, [paths["panoptic_json"], paths["image_root"]],
                 hint))
             MetadataCatalog.get(plain).set(**common,
                                            **panoptic_standard_metadata(CITYSCAPES_CATEGORIES))
@@ -191,7 +192,7 @@ def register_cityscapes_panoptic(root: str | os.PathLike | None = None) -> list[
             # derived files at startup. Unprepared, loading names the preparation script.
             remember_folder(name, folder)
         DatasetCatalog.register(name, functools.partial(
-            _load, _load_separated, folder,
+            _load, load_separated_dicts, folder,
             [paths["panoptic_json"], paths["panoptic_root"], paths["image_root"]], hint))
         MetadataCatalog.get(name).set(
             **common, **panoptic_separated_metadata(CITYSCAPES_CATEGORIES),
@@ -296,7 +297,8 @@ def _convert_split(split: str, paths: dict[str, str], workers: int, force: bool,
                 results = map(_convert_chunk, tasks)
                 pool = None
             else:
-                pool = multiprocessing.Pool(min(workers, len(tasks)))
+                # never a fork: the caller may already run OpenCV/torch threads
+                pool = safe_pool(min(workers, len(tasks)), preload=(__name__,))
                 results = pool.imap_unordered(_convert_chunk, tasks)
             try:
                 for data in results:

@@ -43,6 +43,7 @@ def test_registered_metadata_keeps_detectron2_names():
     assert meta.thing_colors[2] == [0, 0, 142] and meta.stuff_colors[1] == [128, 64, 128]
     assert meta.evaluator_type == "coco_panoptic_seg" and meta.ignore_label == 255
     assert meta.mask_format == "bitmask"
+    assert meta.cityscapes_eval is True and meta.gt_dir.endswith("gtFine/train")
     assert meta.panoptic_json.endswith("gtFine/cityscapes_panoptic_train.json")
     # Detectron2's Panoptic-DeepLab registration is untouched (19 contiguous classes).
     plain = MetadataCatalog.get("cityscapes_fine_panoptic_train")

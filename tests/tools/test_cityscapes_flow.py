@@ -1,5 +1,6 @@
 """Cityscapes from its raw layout through the tools: prepare, train 2 iterations with and
-without crops on the Cityscapes config, --eval-only with PQ per class, demo on an image."""
+without crops on the Cityscapes config, --eval-only with PQ per class and Cityscapes' own AP
+and mIoU, demo on an image."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from tests.helpers.cityscapes import write_cityscapes_tree
-from tests.helpers.tools import CONFIGS, FAST, run_tool
+from tests.helpers.tools import CONFIGS, FAST, REPO, run_tool
 
 CONFIG = os.path.join(CONFIGS, "Cityscapes-PanopticSegmentation", "panoptic_fpn_R_50.yaml")
 # From scratch on 64x128 images: trainable BN (frozen BN from random weights diverges), 32x64
@@ -41,10 +42,16 @@ def test_prepare_train_evaluate_demo(tree, tmp_path, crop):
     run_tool(["tools/train_net.py", "--config-file", str(out / "config.yaml"), "--eval-only",
               "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "e")],
              env)
-    metrics = json.loads(
-        (tmp_path / "e/inference/cityscapes_fine_panoptic_val_separated/metrics.json").read_text())
+    inference = tmp_path / "e/inference/cityscapes_fine_panoptic_val_separated"
+    metrics = json.loads((inference / "metrics.json").read_text())
     per_class = {k.split("/", 1)[1] for k in metrics["panoptic_seg"] if k.startswith("PQ/")}
     assert THINGS <= per_class and {"road", "sky"} <= per_class
+    # Cityscapes' own metrics (cityscapesScripts), next to PQ and the COCO ones.
+    ap, iou = metrics["cityscapes_instance_seg"], metrics["cityscapes_sem_seg"]
+    assert 0 <= ap["AP"] <= 100 and 0 <= ap["AP50"] <= 100
+    assert 0 <= iou["mIoU"] <= 100 and {"IoU/road", "IoU/sky"} <= set(iou)
+    assert not list(inference.glob("cityscapes_*_eval"))  # prediction files removed
+    assert not os.path.exists(os.path.join(REPO, "matches.json"))  # nothing in the tool's cwd
     image = next((root / "cityscapes/leftImg8bit/val").rglob("*_leftImg8bit.png"))
     run_tool(["tools/demo.py", "--config-file", str(out / "config.yaml"), "--input", str(image),
               "--output", str(tmp_path / "d"), "--opts", "MODEL.WEIGHTS",

@@ -39,6 +39,8 @@ from .folder import (
 )
 
 __all__ = [
+    "load_separated_dicts",
+    "load_standard_dicts",
     "parse_folder_spec",
     "register_panoptic_dataset",
     "register_panoptic_folders",
@@ -47,8 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _load_standard(folder: PanopticFolder) -> list[dict]:
-    """Standard dicts straight from the panoptic JSON (no derived file needed)."""
+def load_standard_dicts(folder: PanopticFolder) -> list[dict]:
+    """A folder's standard panoptic dicts straight from its JSON (no derived file needed)."""
     data = load_folder_json(folder.panoptic_json, folder.name)
     meta = panoptic_standard_metadata(folder.categories)
     thing_map = meta["thing_dataset_id_to_contiguous_id"]
@@ -83,8 +85,9 @@ def _load_standard(folder: PanopticFolder) -> list[dict]:
     return dicts
 
 
-def _load_separated(folder: PanopticFolder) -> list[dict]:
-    """Panoptic FPN dicts from the derived files (derived first if missing or stale)."""
+def load_separated_dicts(folder: PanopticFolder) -> list[dict]:
+    """A folder's Panoptic FPN dicts from its derived files (derived first if missing or
+    stale)."""
     prepare_panoptic_dataset(folder.name)
     with open(folder.instances_json) as f:
         data = json.load(f)
@@ -161,10 +164,10 @@ def register_panoptic_dataset(
     common = {"image_root": image_root, "panoptic_root": panoptic_root,
               "panoptic_json": panoptic_json, "evaluator_type": "coco_panoptic_seg",
               "ignore_label": 255}
-    DatasetCatalog.register(name, functools.partial(_load_standard, folder))
+    DatasetCatalog.register(name, functools.partial(load_standard_dicts, folder))
     MetadataCatalog.get(name).set(label_divisor=1000, **common,
                                   **panoptic_standard_metadata(cats))
-    DatasetCatalog.register(separated, functools.partial(_load_separated, folder))
+    DatasetCatalog.register(separated, functools.partial(load_separated_dicts, folder))
     sep_meta = panoptic_separated_metadata(cats)
     sep_meta["sem_seg_root"] = folder.sem_seg_root
     sep_meta["mask_format"] = "bitmask"  # the derived instance masks are RLE
