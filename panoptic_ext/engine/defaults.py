@@ -22,7 +22,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_panoptic_config
 from ..data.custom import configure_panoptic_folders, prepare_cfg_folders
+from ..data.loader import train_dataset_dicts  # the dicts the training loader uses
 from ..data.validate import unknown_dataset_message
+from ..utils.io import atomic_write
+from .schedule import check_epoch_keys, resolve_epochs, saved_resolution
 
 __all__ = ["panoptic_metadata", "setup", "setup_cfg"]
 
@@ -65,11 +68,13 @@ def _build_cfg(config_file: str | None, opts: Sequence[str], datasets: Sequence[
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file!r} does not exist")
         cfg.merge_from_file(config_file)
+    yaml_max_iter = cfg.SOLVER.MAX_ITER  # what SOLVER.STEPS are a fraction of
     opts = list(opts or ())
     if len(opts) % 2:
         raise ValueError(f"config overrides come in KEY VALUE pairs, got {opts}")
     cfg.merge_from_list(opts)
-    return cfg, configure_panoptic_folders(cfg, datasets, opts, eval_only)
+    notes = check_epoch_keys(cfg, yaml_max_iter)
+    return cfg, notes + configure_panoptic_folders(cfg, datasets, opts, eval_only)
 
 
 def _log_notes(notes: Sequence[str]) -> None:
@@ -81,16 +86,45 @@ def _log_notes(notes: Sequence[str]) -> None:
 def setup(args: argparse.Namespace) -> CfgNode:
     """``tools/train_net.py``'s setup: :func:`setup_cfg` from the parsed arguments, then
     Detectron2's ``default_setup`` (output folder, ``config.yaml``, logging, seed) and the
-    derivation of our datasets' files, so bad data fails at startup with our message."""
+    derivation of our datasets' files, so bad data fails at startup with our message.
+    For training, a schedule in epochs is converted to iterations here and ``config.yaml``
+    rewritten with them (:mod:`.schedule`)."""
     eval_only = bool(getattr(args, "eval_only", False))
     cfg, notes = _build_cfg(args.config_file, args.opts or (),
                             getattr(args, "dataset", None) or (), eval_only)
     cfg.freeze()
+    # Before default_setup replaces it: the image count a resumed run's epochs were over.
+    resume = bool(getattr(args, "resume", False)) and not eval_only
+    saved_images = saved_resolution(cfg.OUTPUT_DIR) if resume and cfg.SOLVER.EPOCHS else None
+    if comm.get_world_size() > 1:  # every rank has read it before rank 0 rewrites it
+        saved_images = comm.all_gather(saved_images)[0]
     default_setup(cfg, args)
     # default_setup configures only detectron2's and fvcore's loggers; ours says what it did.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panoptic_ext")
     _log_notes(notes)
     prepare_cfg_folders(cfg, eval_only)
+    if not eval_only:
+        cfg = _resolve_schedule(cfg, saved_images)
+    return cfg
+
+
+def _resolve_schedule(cfg: CfgNode, saved_images: int | None) -> CfgNode:
+    """Epochs -> iterations, once; a resumed run keeps the image count it started with, so
+    its schedule stays the uninterrupted run's. ``config.yaml`` then holds the iterations."""
+    if cfg.SOLVER.EPOCHS == 0 or (cfg.SOLVER.EPOCHS_RESOLVED and cfg.SOLVER.MAX_ITER):
+        return resolve_epochs(cfg)  # nothing to convert; a resolved config is checked
+    images = len(train_dataset_dicts(cfg))
+    if saved_images is not None and saved_images != images:
+        logger.warning(
+            f"--resume: the training set now has {images} images after filtering, the run "
+            f"started with {saved_images}; keeping its schedule (epochs of {saved_images} "
+            "images) so the resumed run continues it. Start a new OUTPUT_DIR to convert anew")
+        images = saved_images
+    cfg = resolve_epochs(cfg, images=images)
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        atomic_write(path, cfg.dump())
+        logger.info(f"Schedule in iterations saved to {path}")
     return cfg
 
 

@@ -11,10 +11,9 @@ import weakref
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import (
-    get_detection_dataset_dicts,
-)
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.solver import build_optimizer, get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
@@ -22,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import SkippedSamplesHook, validate_cfg_datasets
 from ..data import build_train_loader as build_safe_train_loader
 from ..data.augment import PanopticDatasetMapper
-from ..data.loader import ResumableTrainingSampler
+from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
 from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
 from ..utils.io import TEMP_SUFFIX
@@ -30,8 +29,9 @@ from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
 from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
+from .schedule import resolve_epochs
 from .train_loop import PanopticTrainLoop, parse_dtype
-from .weights import load_weights
+from .weights import load_weights, trust_weights_file
 
 # MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
 __all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "check_output_dir",
@@ -58,6 +58,9 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        # Epochs -> iterations first (a no-op on setup()'s resolved config), then the
+        # REFERENCE_WORLD_SIZE rescaling of those iterations.
+        cfg = resolve_epochs(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         device_type = torch.device(cfg.MODEL.DEVICE).type
@@ -83,7 +86,8 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer, device_type=device_type, autocast_dtype=autocast_dtype
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+                                               trust_file=trust_weights_file(cfg))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -97,9 +101,7 @@ class Trainer(DefaultTrainer):
         calls this again for PreciseBN, and that second loader must not take over the
         position the resume restores.
         """
-        dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
+        dataset = train_dataset_dicts(cfg)  # the dicts an epoch counts (engine/schedule.py)
         mapper = PanopticDatasetMapper(cfg, True)  # crops keep masks and boxes consistent
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return build_safe_train_loader(cfg, mapper, dataset=dataset)
@@ -109,6 +111,37 @@ class Trainer(DefaultTrainer):
         loader.sampler = sampler
         _own_generator(loader, seed + comm.get_rank())
         return loader
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        """Detectron2's scheduler, without LR decays at or after MAX_ITER (no effect, and
+        fvcore refuses one at MAX_ITER, which rounding in epochs or REFERENCE_WORLD_SIZE
+        rescaling can produce)."""
+        late = [s for s in cfg.SOLVER.STEPS if s >= cfg.SOLVER.MAX_ITER]
+        if late:
+            logger.warning(f"SOLVER.STEPS {tuple(late)} are not before SOLVER.MAX_ITER "
+                           f"{cfg.SOLVER.MAX_ITER}: those LR decays never happen, dropped")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.STEPS = tuple(s for s in cfg.SOLVER.STEPS if s < cfg.SOLVER.MAX_ITER)
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Detectron2's optimizer; learned loss-balancing weights (a model's
+        ``no_weight_decay_params()`` names) get no weight decay, which would pull every task
+        weight towards 1 regardless of the losses."""
+        names = getattr(getattr(model, "module", model), "no_weight_decay_params", list)()
+        if not names:
+            return build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            overrides={name: {"weight_decay": 0.0} for name in names})
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD(
+            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY, foreach=True))
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -161,7 +194,8 @@ class Trainer(DefaultTrainer):
             super().resume_or_load(resume=True)
         else:
             load_weights(self.model, self.cfg.MODEL.WEIGHTS, purpose="training",
-                         allow_partial=True, dataset=", ".join(self.cfg.DATASETS.TRAIN))
+                         allow_partial=True, dataset=", ".join(self.cfg.DATASETS.TRAIN),
+                         trust_file=trust_weights_file(self.cfg))
             self.start_iter = 0
         if comm.is_main_process():  # neither a gap nor a repeated iteration in the log
             _truncate_metrics_log(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
@@ -233,7 +267,8 @@ def evaluate_only(cfg: CfgNode, resume: bool = False):
     model = Trainer.build_model(cfg)
     checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, resume)
-    load_weights(model, path, purpose="--eval-only", dataset=", ".join(cfg.DATASETS.TEST))
+    load_weights(model, path, purpose="--eval-only", dataset=", ".join(cfg.DATASETS.TEST),
+                 trust_file=trust_weights_file(cfg))
     return Trainer.test(cfg, model)
 
 

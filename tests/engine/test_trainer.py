@@ -116,10 +116,15 @@ def test_non_finite_loss_names_iteration_and_term(env, tmp_path, monkeypatch):
 def test_two_cpu_processes_train_and_evaluate_like_one(env, tmp_path):
     out = tmp_path / "ddp"
     port = 29500 + os.getpid() % 1000
+    # In epochs, for a reference of one process: converted at the config's total batch, then
+    # rescaled by Detectron2 to two processes (batch 4, half the iterations).
     _run(["tools/train_net.py", "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}",
-          "--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD",
+          "--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "0", "SOLVER.EPOCHS", "1",
+          "SOLVER.REFERENCE_WORLD_SIZE", "1", "SOLVER.CHECKPOINT_PERIOD",
           "100", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)], env)
     assert (out / "model_final.pth").is_file()
+    assert "1 epoch = 3 iterations at batch 2 over 6 images" in (out / "config.yaml").read_text()
+    assert _logged_iterations(out)[-1] == 1  # round(3 / 2) = 2 iterations at batch 4
     results = {}
     for n in (1, 2):
         ev = tmp_path / f"eval{n}"
@@ -348,3 +353,16 @@ def test_eval_only_refuses_missing_weights(synthetic, tmp_path):
     cfg.MODEL.WEIGHTS = str(foreign)
     with pytest.raises(WeightsError, match=f"weights {foreign} hold no tensor of this model"):
         evaluate_only(cfg)
+
+
+def test_uncertainty_balancing_learns_logs_and_saves_its_weights(synthetic, tmp_path):
+    out = tmp_path / "balanced"
+    train(_cfg(out, "SOLVER.MAX_ITER", "2", "MODEL.PANOPTIC_EXT.LOSS_BALANCING", "uncertainty"))
+    rows = _rows(out)
+    # metrics.json: the effective weights, fixed (SEM_SEG_HEAD.LOSS_WEIGHT 0.5) x learned
+    assert rows[0]["loss_weight/loss_sem_seg"] == 0.5
+    assert rows[1]["loss_weight/loss_sem_seg"] != 0.5
+    assert rows[1]["loss_weight/loss_mask"] != 1.0
+    assert "loss_balancing_semantic" in rows[1]
+    state = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert state["loss_balancer.log_var_semantic"].item() != 0.0  # optimized, saved
