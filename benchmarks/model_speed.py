@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
 
+from panoptic_ext.engine.weights import load_weights, trust_weights_file
 from panoptic_ext.modeling import meta_arch as ext_meta_arch
 
 __all__ = [
@@ -35,6 +35,9 @@ __all__ = [
     "format_report",
     "run_combine_benchmark",
     "format_combine_report",
+    "conv_peak",
+    "stage_macs",
+    "limit_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,8 @@ def build_models(cfg: CfgNode, seed: int = 0) -> tuple[torch.nn.Module, torch.nn
     torch.manual_seed(seed)
     d2 = build_model(d2_cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(d2).load(cfg.MODEL.WEIGHTS)
+        load_weights(d2, cfg.MODEL.WEIGHTS, purpose="the benchmark",  # never runs its code
+                     trust_file=trust_weights_file(cfg))
         source = cfg.MODEL.WEIGHTS
     else:
         _tame_random_weights(d2, seed)
@@ -206,6 +210,10 @@ def instrument(model: torch.nn.Module, timer: StageTimer) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if isinstance(model, ext_meta_arch.PanopticFPNExt):
             mod = ext_meta_arch
+            engine = model._compiled  # TEST.RUNTIME: one graph for backbone, heads of RPN/sem
+            if engine is not None:
+                stack.enter_context(_patched(engine, "dense",
+                                             timer.wrap("backbone+FPN", engine.dense)))
             head = model.sem_seg_head
             if hasattr(head, "layers"):
                 stack.enter_context(_patched(head, "layers",
@@ -304,9 +312,15 @@ def run_benchmark(
     warmup: int = 1,
     seed: int = 0,
     outputs: Sequence[str] | None = None,
+    arithmetic_limit: bool = True,
+    peak_size: tuple[int, int] = (200, 336),
 ) -> dict[str, Any]:
     """Time both models on the same images, alternating which goes first, and compare their
-    panoptic outputs. `outputs` is passed to our model's inference (e.g. ("panoptic_seg",))."""
+    panoptic outputs. `outputs` is passed to our model's inference (e.g. ("panoptic_seg",)).
+    `arithmetic_limit`: also measure a 3x3-conv peak (256 channels at `peak_size`) and count
+    the stages' multiply-adds, for each stage's "x of the arithmetic limit"."""
+    from panoptic_ext.modeling.runtime import resolve_runtime
+
     ours, d2, weights = build_models(cfg, seed)
     images, image_source = load_images(cfg, num_images, size, seed)
     device = ours.device
@@ -354,6 +368,8 @@ def run_benchmark(
         "num_images": num_images,
         "size": list(size),
         "precision": cfg.TEST.PRECISION,
+        "precision_peak": "bf16" if cfg.TEST.PRECISION.lower() == "bf16" else "fp32",
+        "runtime": resolve_runtime(cfg.TEST.RUNTIME, device.type),
         "fast_inference": bool(cfg.MODEL.PANOPTIC_EXT.FAST_INFERENCE),
         "channels_last": bool(cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST),
         "outputs": list(outputs or cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS),
@@ -376,6 +392,12 @@ def run_benchmark(
                                  zip(results["ours"]["total"], results["d2"]["total"],
                                      strict=True)]
     report["agreement"] = compare_panoptic(pans["ours"], pans["d2"])
+    if arithmetic_limit and device.type == "cpu":
+        peaks = {p: conv_peak(p, size=peak_size)
+                 for p in sorted({"fp32", report["precision_peak"]})}
+        macs = stage_macs(d2, size, int(d2.proposal_generator.post_nms_topk[False]),
+                          int(statistics.median(instances)))
+        report["limit"] = limit_report(report, macs, peaks, ours._compiled is not None)
     return report
 
 
@@ -385,7 +407,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"weights: {report['weights']}",
         f"images: {report['num_images']} x {report['size'][0]}x{report['size'][1]} "
         f"({report['images']}), device {report['device']}, {report['threads']} threads",
-        f"ours: precision {report['precision']}, fast_inference {report['fast_inference']}, "
+        f"ours: runtime {report['runtime']}, precision {report['precision']}, "
+        f"fast_inference {report['fast_inference']}, "
         f"channels_last {report['channels_last']}, outputs {report['outputs']}",
         f"detections per image (Detectron2): {report['detections_per_image']}; "
         f"thing segments in its panoptic output: {report['things_in_panoptic_d2']}",
@@ -416,7 +439,31 @@ def format_report(report: dict[str, Any]) -> str:
         f"PQ {ag['pq']:.2f} (things {ag['pq_things']:.2f}, stuff {ag['pq_stuff']:.2f}), "
         f"segments {ag['segments_ours']} vs {ag['segments_detectron2']}",
     ]
+    if "limit" in report:
+        lines += ["", *_format_limit(report["limit"])]
     return "\n".join(lines)
+
+
+def _format_limit(lim: dict[str, Any]) -> list[str]:
+    peaks = ", ".join(f"{2 * v / 1e9:.0f} GFLOP/s {k}" for k, v in lim["peak_macs_per_s"].items())
+    lines = [f"arithmetic limit: 3x3-conv peak {peaks} (256 channels, channels_last, this run); "
+             f"{lim['total_macs'] / 1e9:.1f} G multiply-adds (fvcore)",
+             f"{'x of the limit':<26}{'Detectron2':>12}{'ours':>12}{'G mult-adds':>14}"]
+    macs = dict(lim["macs"])
+    macs["ROI heads"] = macs.pop("box head") + macs.pop("mask head")
+    for s in ("backbone+FPN", "semantic head", "RPN", "ROI heads", "end-to-end"):
+        d2 = lim["d2"].get(s)
+        ours = lim["ours"].get(s)
+        m = lim["total_macs"] if s == "end-to-end" else macs.get(s, 0.0)
+        lines.append(f"  {s:<24}{_x(d2):>12}{_x(ours):>12}{m / 1e9:>14.2f}")
+    if lim["compiled_dense"]:
+        lines.append("(ours: one compiled graph, its backbone+FPN row holds the semantic and "
+                     "RPN heads)")
+    return lines
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,3 +568,120 @@ def format_combine_report(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{r['instances']:>10}{r['thing_segments']:>6}{r['d2_ms']:>12.2f}"
                      f"{r['ours_ms']:>10.2f}{r['speedup']:>9.1f}{str(r['identical']):>11}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The arithmetic limit
+# ----------------------------------------------------------------------------------------------
+
+
+def conv_peak(
+    precision: str = "fp32", channels: int = 256, size: tuple[int, int] = (200, 336),
+    repeats: int = 3,
+) -> float:
+    """Multiply-adds per second of one 3x3 convolution (`channels` in and out, channels_last,
+    oneDNN), best of `repeats` after a warm-up: the rate the model's convolutions can reach on
+    this machine, measured in the same run as the model so both see the same load."""
+    from panoptic_ext.modeling.inference_opts import autocast
+
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(1, channels, *size).contiguous(memory_format=torch.channels_last)
+    macs = channels * channels * 9 * size[0] * size[1]
+    best = float("inf")
+    with torch.no_grad(), autocast("cpu", precision):
+        for k in range(repeats + 1):
+            t0 = time.perf_counter()
+            conv(x)
+            if k:
+                best = min(best, time.perf_counter() - t0)
+    return macs / best
+
+
+class _SemLayers(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head.layers(features) if hasattr(self.head, "layers") else \
+            self.head(features)[0]
+
+
+class _BoxHead(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module, predictor: torch.nn.Module):
+        super().__init__()
+        self.head, self.predictor = head, predictor
+
+    def forward(self, x: torch.Tensor):
+        return self.predictor(self.head(x))
+
+
+class _MaskLayers(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.layers(x)
+
+
+def _count(module: torch.nn.Module, inputs: tuple) -> float:
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return float(analysis.total())
+
+
+def stage_macs(
+    model: torch.nn.Module, size: tuple[int, int], proposals: int, detections: int
+) -> dict[str, float]:
+    """fvcore multiply-adds of the dense parts at input `size` (padded as the model pads),
+    with `proposals` boxes through the box head and `detections` through the mask head:
+    {"backbone+FPN", "semantic head", "RPN" (its head), "box head", "mask head"}."""
+    div = max(int(model.backbone.size_divisibility), 1)
+    h, w = (-(-s // div) * div for s in size)
+    x = torch.zeros(1, 3, h, w)
+    rh = model.roi_heads
+    with torch.no_grad():
+        features = model.backbone(x)
+        rpn_in = [features[f] for f in model.proposal_generator.in_features]
+        channels = features[rh.box_in_features[0]].shape[1]
+        out = {
+            "backbone+FPN": _count(model.backbone, (x,)),
+            "semantic head": _count(_SemLayers(model.sem_seg_head), (features,)),
+            "RPN": _count(model.proposal_generator.rpn_head, (rpn_in,)),
+            "box head": _count(_BoxHead(rh.box_head, rh.box_predictor),
+                               (torch.zeros(max(proposals, 1), channels,
+                                            *rh.box_pooler.output_size),)),
+            "mask head": 0.0,
+        }
+        if getattr(rh, "mask_on", False) and detections > 0:
+            out["mask head"] = _count(_MaskLayers(rh.mask_head), (
+                torch.zeros(detections, channels, *rh.mask_pooler.output_size),))
+        if proposals == 0:
+            out["box head"] = 0.0
+    return out
+
+
+def limit_report(
+    report: dict[str, Any], macs: dict[str, float], peaks: dict[str, float], compiled: bool
+) -> dict[str, Any]:
+    """Per stage and end to end, "x of the arithmetic limit": the time over (multiply-adds /
+    3x3-conv peak). For ours with a compiled runtime the dense graph is one stage
+    ("backbone+FPN" then holds the semantic and RPN heads too)."""
+    per_stage = {"backbone+FPN": macs["backbone+FPN"], "semantic head": macs["semantic head"],
+                 "RPN": macs["RPN"], "ROI heads": macs["box head"] + macs["mask head"]}
+    ours_stage = dict(per_stage)
+    if compiled:
+        ours_stage["backbone+FPN"] += ours_stage.pop("semantic head") + ours_stage.pop("RPN")
+    total_macs = sum(per_stage.values())
+    out: dict[str, Any] = {"peak_macs_per_s": peaks, "macs": macs, "total_macs": total_macs,
+                           "compiled_dense": compiled}
+    for name, stages, peak in (("d2", per_stage, peaks["fp32"]),
+                               ("ours", ours_stage, peaks[report["precision_peak"]])):
+        times = report[name]["stages"]
+        out[name] = {s: times[s] / (m / peak) for s, m in stages.items() if m > 0}
+        out[name]["end-to-end"] = report[name]["total"]["median"] / (total_macs / peak)
+    return out

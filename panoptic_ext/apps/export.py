@@ -1,4 +1,14 @@
-"""TorchScript export of PanopticFPNExt, with a runner that needs neither Detectron2 nor us.
+"""TorchScript and ONNX export of PanopticFPNExt, each with a runner that needs neither
+Detectron2 nor us.
+
+ONNX (``export_onnx``): three graphs, ``dense.onnx`` (backbone + FPN, semantic head with its
+final upsampling, RPN head; dynamic height and width), ``box_head.onnx`` and ``mask_head.onnx``
+(ROIAlign per FPN level as ONNX RoiAlign ops, then the head; dynamic box counts). Proposal
+selection, NMS, box decoding, mask pasting and the merge run in numpy in ``onnx_pipeline.py``,
+copied next to the graphs with ``exported_io.py`` and ``run_exported.py`` (from
+``run_onnx_template.py``): the runner needs onnxruntime, numpy and Pillow only.
+
+TorchScript (``export_torchscript``):
 
 The network (backbone, RPN, ROI heads, semantic head) is traced through
 ``model.inference(..., do_postprocess=False)``; its data-dependent post-processing (resizing
@@ -15,6 +25,7 @@ ops): see ``run_exported_template.py``, copied next to the model as ``run_export
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,15 +45,25 @@ from torch import Tensor, nn
 
 from ..data.metadata import contiguous_to_dataset_ids
 from ..engine.defaults import panoptic_metadata
-from ..engine.weights import load_weights
-from ..modeling.postprocess import panoptic_from_detections, segments_from_tensors
+from ..engine.weights import load_weights, trust_weights_file
+from ..modeling.postprocess import (
+    MASK_THRESHOLD,
+    panoptic_from_detections,
+    segments_from_tensors,
+)
+from ..modeling.runtime import ONNX_OPSET, DenseGraph, RoiHeadGraph, check_exportable, onnx_bytes
 from ..utils.io import atomic_write_json
+from .onnx_pipeline import keep_signal_stack
 
 __all__ = [
     "EXPORT_FILES",
     "ExportReport",
+    "ONNX_FILES",
     "PanopticExportModule",
+    "compare_onnx_with_eager",
+    "convert_to_openvino",
     "compare_with_eager",
+    "export_onnx",
     "export_torchscript",
     "panoptic_from_raw",
     "preprocess_like_predictor",
@@ -51,7 +72,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXPORT_FILES = {"model": "model.ts", "info": "export_info.json", "runner": "run_exported.py"}
-_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_exported_template.py")
+ONNX_FILES = {"dense": "dense.onnx", "box_head": "box_head.onnx", "mask_head": "mask_head.onnx"}
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TEMPLATE = os.path.join(_HERE, "run_exported_template.py")
+_ONNX_TEMPLATE = os.path.join(_HERE, "run_onnx_template.py")
+# torch-free modules the runners import, copied next to them
+_RUNNER_MODULES = {"torchscript": ("exported_io.py",),
+                   "onnx": ("exported_io.py", "onnx_pipeline.py")}
 
 
 # ---- scripted post-processing ---------------------------------------------------------------
@@ -209,22 +236,40 @@ def compare_with_eager(
     return same, agreement, len(segs_t)
 
 
+def _model_for_export(cfg: CfgNode) -> tuple[CfgNode, Any, nn.Module]:
+    """(cfg on CPU in fp32, dataset metadata, the eval-mode model with MODEL.WEIGHTS loaded)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.DEVICE != "cpu" or cfg.TEST.PRECISION.lower() != "fp32":
+        logger.info("Exporting on CPU in fp32 (the exported graphs fix device and dtype)")
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.TEST.PRECISION = "fp32"
+    if "RUNTIME" in cfg.TEST:
+        cfg.TEST.RUNTIME = "torch"  # export traces the torch modules themselves
+    cfg.freeze()
+    meta = panoptic_metadata(cfg)  # first: unknown categories fail before the slow trace
+    model = build_model(cfg).eval()
+    load_weights(model, cfg.MODEL.WEIGHTS, purpose="export", dataset=meta.name,
+                 trust_file=trust_weights_file(cfg))
+    return cfg, meta, model
+
+
+def _copy_runner(output_dir: str, fmt: str) -> None:
+    """run_exported.py (the format's template) and the modules it imports, into output_dir."""
+    runner = os.path.join(output_dir, EXPORT_FILES["runner"])
+    shutil.copyfile(_TEMPLATE if fmt == "torchscript" else _ONNX_TEMPLATE, runner)
+    os.chmod(runner, 0o755)
+    for name in _RUNNER_MODULES[fmt]:
+        shutil.copyfile(os.path.join(_HERE, name), os.path.join(output_dir, name))
+
+
 def export_torchscript(
     cfg: CfgNode, output_dir: str, sample_image: str | None = None
 ) -> ExportReport:
     """Trace the model of `cfg` (weights MODEL.WEIGHTS) into `output_dir`/model.ts, write
     export_info.json and run_exported.py, and check the traced panoptic output against the
     eager model's on the sample image (default: the first image of DATASETS.TEST[0])."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    if cfg.MODEL.DEVICE != "cpu" or cfg.TEST.PRECISION.lower() != "fp32":
-        logger.info("Exporting on CPU in fp32 (the traced graph fixes device and dtype)")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.TEST.PRECISION = "fp32"
-    cfg.freeze()
-    meta = panoptic_metadata(cfg)  # first: unknown categories fail before the slow trace
-    model = build_model(cfg).eval()
-    load_weights(model, cfg.MODEL.WEIGHTS, purpose="export", dataset=meta.name)
+    cfg, meta, model = _model_for_export(cfg)
     module = PanopticExportModule(model).eval()
 
     path = _sample_image(cfg, sample_image)
@@ -242,12 +287,196 @@ def export_torchscript(
     traced.save(os.path.join(output_dir, EXPORT_FILES["model"]))
     atomic_write_json(os.path.join(output_dir, EXPORT_FILES["info"]),
                       _export_info(cfg, module, meta), indent=2)
-    runner = os.path.join(output_dir, EXPORT_FILES["runner"])
-    shutil.copyfile(_TEMPLATE, runner)
-    os.chmod(runner, 0o755)
+    _copy_runner(output_dir, "torchscript")
 
     loaded = torch.jit.load(os.path.join(output_dir, EXPORT_FILES["model"]))
     same, agreement, num_segments = compare_with_eager(model, loaded, image, out_size)
+    return ExportReport(
+        output_dir=output_dir,
+        sample_image=path,
+        input_size=(int(image.shape[1]), int(image.shape[2])),
+        num_segments=num_segments,
+        num_detections=num_det,
+        identical=same,
+        pixel_agreement=agreement,
+    )
+
+
+# ---- ONNX --------------------------------------------------------------------------------
+
+
+def _pooler_spec(pooler: nn.Module) -> dict[str, Any]:
+    return {"min_level": int(pooler.min_level), "max_level": int(pooler.max_level),
+            "canonical_level": int(pooler.canonical_level),
+            "canonical_box_size": int(pooler.canonical_box_size)}
+
+
+def _onnx_spec(model: nn.Module, has_mask: bool, mask_resolution: int) -> dict[str, Any]:
+    """What onnx_pipeline needs besides the graphs, read from the built model (so any config's
+    anchors, thresholds and poolers carry over)."""
+    pg, rh = model.proposal_generator, model.roi_heads
+    ag, bp = pg.anchor_generator, rh.box_predictor
+    files = dict(ONNX_FILES)
+    if not has_mask:
+        files.pop("mask_head")
+    return {
+        "files": files,
+        "opset": ONNX_OPSET,
+        "pixel_mean": model.pixel_mean.flatten().tolist(),
+        "pixel_std": model.pixel_std.flatten().tolist(),
+        "size_divisibility": int(model.backbone.size_divisibility),
+        "roi_features": list(rh.box_in_features),
+        "dense_features": DenseGraph(model).feature_names,
+        "rpn": {
+            "strides": [int(s) for s in ag.strides],
+            "cell_anchors": [c.tolist() for c in ag.cell_anchors],
+            "anchor_offset": float(ag.offset),
+            "pre_nms_topk": int(pg.pre_nms_topk[False]),
+            "post_nms_topk": int(pg.post_nms_topk[False]),
+            "nms_thresh": float(pg.nms_thresh),
+            "min_box_size": float(pg.min_box_size),
+            "weights": [float(w) for w in pg.box2box_transform.weights],
+            "scale_clamp": float(pg.box2box_transform.scale_clamp),
+        },
+        "box": {
+            "pooler": _pooler_spec(rh.box_pooler),
+            "weights": [float(w) for w in bp.box2box_transform.weights],
+            "scale_clamp": float(bp.box2box_transform.scale_clamp),
+            "score_thresh": float(bp.test_score_thresh),
+            "nms_thresh": float(bp.test_nms_thresh),
+            "topk_per_image": int(bp.test_topk_per_image),
+        },
+        "mask": ({"pooler": _pooler_spec(rh.mask_pooler), "resolution": mask_resolution}
+                 if has_mask else None),
+        "mask_threshold": MASK_THRESHOLD,
+    }
+
+
+def _write_onnx_graphs(model: nn.Module, image: Tensor, output_dir: str) -> tuple[bool, int]:
+    """Trace the dense graph and the head graphs into output_dir; (has mask head, mask size)."""
+    rh = model.roi_heads
+    with torch.no_grad(), model._inference_precision():  # norms folded into the convolutions
+        x = model.preprocess_image([{"image": image}]).tensor
+        dense = DenseGraph(model).eval()
+        names = dense.output_names()
+        axes = {"image": {2: "height", 3: "width"}}
+        axes.update({n: {2: f"{n}_h", 3: f"{n}_w"} for n in names})
+        blob = onnx_bytes(dense, (x,), ["image"], names, axes)
+        _save(output_dir, ONNX_FILES["dense"], blob)
+        outs = dense(x)
+        by_name = dict(zip(dense.feature_names, outs[1:1 + len(dense.feature_names)],
+                           strict=True))
+        feats = [by_name[f] for f in dense.roi_in]
+        # two boxes per level trace the heads; the box counts stay dynamic
+        rois = [torch.tensor([[4.0, 4.0, 40.0, 36.0], [0.0, 8.0, 20.0, 60.0]])
+                for _ in dense.roi_in]
+        in_names = [f"feat_{f}" for f in dense.roi_in] + [f"rois_{f}" for f in dense.roi_in]
+        in_axes = {f"rois_{f}": {0: f"n_{f}"} for f in dense.roi_in}
+        in_axes.update({f"feat_{f}": {2: f"{f}_h", 3: f"{f}_w"} for f in dense.roi_in})
+        box = RoiHeadGraph(rh.box_head, rh.box_predictor, rh.box_pooler).eval()
+        _save(output_dir, ONNX_FILES["box_head"], onnx_bytes(
+            box, (*feats, *rois), in_names, ["class_logits", "box_deltas"],
+            {**in_axes, "class_logits": {0: "n"}, "box_deltas": {0: "n"}}))
+        has_mask = bool(getattr(rh, "mask_on", False))
+        resolution = 0
+        if has_mask:
+            mask = RoiHeadGraph(rh.mask_head, None, rh.mask_pooler).eval()
+            resolution = int(mask(*feats, *rois).shape[-1])
+            _save(output_dir, ONNX_FILES["mask_head"], onnx_bytes(
+                mask, (*feats, *rois), in_names, ["mask_logits"],
+                {**in_axes, "mask_logits": {0: "n"}}))
+    return has_mask, resolution
+
+
+def _save(output_dir: str, name: str, blob: bytes) -> None:
+    path = os.path.join(output_dir, name)
+    with open(path + ".tmp", "wb") as f:
+        f.write(blob)
+    os.replace(path + ".tmp", path)
+
+
+def _category_pixels(pan: np.ndarray, ids, cats, isthing) -> np.ndarray:
+    """Per pixel (isthing, contiguous category) as one int (-1: void)."""
+    lut = np.full(int(max([0, *[int(i) for i in ids]])) + 1, -1, dtype=np.int64)
+    for i, c, t in zip(ids, cats, isthing, strict=True):
+        lut[int(i)] = int(c) * 2 + int(bool(t))
+    return lut[np.asarray(pan, dtype=np.int64)]
+
+
+def compare_onnx_with_eager(model: nn.Module, runner: Any, image: Tensor,
+                            out_size: Tensor) -> tuple[bool, float, int]:
+    """(identical map and segments, fraction of pixels with the same category, segment count)
+    of the ONNX pipeline's panoptic output against the eager model's on one input."""
+    pan_e, segs_e = _eager_panoptic(model, image, out_size)
+    pan_e = pan_e.cpu().numpy()
+    outs = runner(image.numpy(), (int(out_size[0]), int(out_size[1])))
+    pan_o, ids, cats, isthing = outs[0], outs[1], outs[2], outs[3]
+    cat_e = _category_pixels(pan_e, [s["id"] for s in segs_e], [s["category_id"] for s in segs_e],
+                             [s["isthing"] for s in segs_e])
+    cat_o = _category_pixels(pan_o, ids, cats, isthing)
+    agreement = float((cat_e == cat_o).mean())
+    segs_o = [(int(i), int(c), bool(t)) for i, c, t in zip(ids, cats, isthing, strict=True)]
+    same = (np.array_equal(pan_e, pan_o)
+            and segs_o == [(s["id"], s["category_id"], s["isthing"]) for s in segs_e])
+    return same, agreement, len(segs_o)
+
+
+def convert_to_openvino(output_dir: str) -> dict[str, Any]:
+    """OpenVINO IR (.xml + .bin, float32 weights) of an ONNX export's graphs, next to them;
+    export_info.json then names OpenVINO as the runner's default engine. Returns the info."""
+    import openvino as ov
+
+    info_path = os.path.join(output_dir, EXPORT_FILES["info"])
+    with open(info_path) as f:
+        info = json.load(f)
+    ir = {}
+    with keep_signal_stack():
+        core = ov.Core()
+        for name, file in info["onnx"]["files"].items():
+            xml = os.path.splitext(file)[0] + ".xml"
+            ov.save_model(core.read_model(os.path.join(output_dir, file)),
+                          os.path.join(output_dir, xml), compress_to_fp16=False)
+            ir[name] = xml
+    info["onnx"]["openvino_files"] = ir
+    info["onnx"]["engine"] = "openvino"
+    atomic_write_json(info_path, info, indent=2)
+    return info
+
+
+def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
+                openvino: bool = False) -> ExportReport:
+    """Export the model of `cfg` (weights MODEL.WEIGHTS) as ONNX graphs into `output_dir`, with
+    export_info.json, run_exported.py and the numpy pipeline it imports, then check the ONNX
+    pipeline's panoptic output against the eager model's on the sample image (default: the
+    first image of DATASETS.TEST[0]). `openvino`: also write OpenVINO IR and check that (the
+    runner then needs openvino instead of onnxruntime)."""
+    import importlib
+
+    importlib.import_module("openvino" if openvino else "onnxruntime")  # the check runs it
+
+    from . import onnx_pipeline
+
+    cfg, meta, model = _model_for_export(cfg)
+    check_exportable(model)
+    thresholds = PanopticExportModule(model)  # validates the merge; holds its thresholds
+    path = _sample_image(cfg, sample_image)
+    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
+    with torch.no_grad():
+        num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
+
+    os.makedirs(output_dir, exist_ok=True)
+    logger.info(f"Exporting ONNX graphs (opset {ONNX_OPSET}) to {output_dir}")
+    has_mask, resolution = _write_onnx_graphs(model, image, output_dir)
+    info = _export_info(cfg, thresholds, meta)
+    info["format_version"] = 2
+    info["onnx"] = _onnx_spec(model, has_mask, resolution)
+    atomic_write_json(os.path.join(output_dir, EXPORT_FILES["info"]), info, indent=2)
+    _copy_runner(output_dir, "onnx")
+    if openvino:
+        info = convert_to_openvino(output_dir)
+
+    runner = onnx_pipeline.OnnxPanoptic(output_dir, info)
+    same, agreement, num_segments = compare_onnx_with_eager(model, runner, image, out_size)
     return ExportReport(
         output_dir=output_dir,
         sample_image=path,

@@ -1,11 +1,15 @@
-"""TorchScript export (tools/export_model.py, panoptic_ext.apps.export): the traced model gives
-the eager model's panoptic result, and its runner works without Detectron2."""
+"""TorchScript and ONNX export (tools/export_model.py, panoptic_ext.apps.export): the exported
+model gives the eager model's panoptic result, and its runner works without Detectron2 (the
+ONNX runner also without torch)."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -72,3 +76,103 @@ def test_export_matches_eager_and_runs_without_detectron2(tiny_root, tiny_opts, 
         assert got == expected
         things += sum(s["isthing"] for s in got)
     assert things > 0  # the mask paste and overlap steps ran
+
+
+def _category_map(pan: np.ndarray, segments: list[dict]) -> np.ndarray:
+    """Per pixel: 2 * category id + isthing of its segment, -1 for void."""
+    lut = np.full(int(pan.max()) + 1, -1, dtype=np.int64)
+    for s in segments:
+        if s["id"] < lut.size:
+            lut[s["id"]] = 2 * s["category_id"] + int(s["isthing"])
+    return lut[pan]
+
+
+def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, tmp_path,
+                                                          capsys):
+    out = tmp_path / "onnx"
+    images = val_images(tiny_root)
+    opts = [*tiny_opts, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0"]
+    rc = tool_main("export_model.py")(["--config-file", SYNTHETIC_CONFIG, "--output", str(out),
+                                       "--format", "onnx", "--sample-image", images[0], *opts])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    agreement = float(re.search(r"onnx == eager: \w+ \(pixel agreement ([\d.]+)%\)",
+                                text).group(1))
+    assert agreement >= 99.9, text
+    for name in ("dense.onnx", "box_head.onnx", "mask_head.onnx", "export_info.json",
+                 "run_exported.py", "exported_io.py", "onnx_pipeline.py"):
+        assert (out / name).is_file(), name
+
+    # the runner with torch, torchvision, Detectron2 and panoptic_ext unimportable, on two val
+    # images, one of another size and an unreadable file
+    odd = np.ascontiguousarray(read_image(images[1], format="RGB")[5:55, 3:])  # 50 x 61
+    Image.fromarray(odd).save(tmp_path / "odd.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    inputs = [*images, str(tmp_path / "odd.png"), str(tmp_path / "broken.jpg")]
+    res = tmp_path / "res"
+    banned = ("torch", "torchvision", "detectron2", "panoptic_ext")
+    code = (
+        "import runpy, sys\n"
+        f"for name in {banned!r}:\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv = ['run_exported.py', *{inputs!r}, '--output', {str(res)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(out / 'run_exported.py')!r}, run_name='__main__')\n"
+        "    code = 0\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "loaded = [m for m, v in sys.modules.items() if v is not None\n"
+        f"          and m.split('.')[0] in {banned!r}]\n"
+        "assert not loaded, loaded\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the unreadable file
+    assert "cannot read image" in proc.stderr and "broken.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+    # ... gives the eager model's panoptic result on >= 99.9% of the pixels, dataset ids
+    cfg = synthetic_cfg(opts)
+    predictor = DefaultPredictor(cfg)
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    to_dataset = {True: {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
+                  False: {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}}
+    preds = json.loads((res / "predictions.json").read_text())
+    assert [a["file_name"] for a in preds["annotations"]] == [
+        os.path.splitext(os.path.basename(p))[0] + ".png" for p in inputs[:-1]]
+    things = 0
+    for path, ann in zip(inputs[:-1], preds["annotations"], strict=True):
+        pan, segments = predictor(read_image(path, format="BGR"))["panoptic_seg"]
+        pan = pan.numpy()
+        ids = rgb_to_id(np.asarray(Image.open(res / "panoptic" / ann["file_name"])))
+        assert ids.shape == pan.shape
+        expected = [dict(s, category_id=to_dataset[s["isthing"]][s["category_id"]])
+                    for s in segments]
+        agree = (_category_map(ids, ann["segments_info"]) == _category_map(pan, expected)).mean()
+        assert agree >= 0.999, (path, agree)
+        for s in ann["segments_info"]:
+            assert s["area"] == int((ids == s["id"]).sum()) > 0
+            assert s["category_id"] in to_dataset[s["isthing"]].values()
+        things += sum(s["isthing"] for s in ann["segments_info"])
+        picture = Image.open(res / os.path.basename(path))
+        assert picture.size == (pan.shape[1], pan.shape[0])
+    assert things > 0  # the box and mask graphs, NMS and pasting ran
+
+    # OpenVINO runs the same graphs, and their IR (what --format openvino adds): same result
+    pytest.importorskip("openvino")
+    from panoptic_ext.apps import exported_io
+    from panoptic_ext.apps.export import convert_to_openvino
+    from panoptic_ext.apps.onnx_pipeline import OnnxPanoptic
+
+    info = json.loads((out / "export_info.json").read_text())
+    image = exported_io.read_image(images[1], info["input_format"])
+    chw = exported_io.preprocess_array(image, info)
+    ref = OnnxPanoptic(str(out), info)(chw, image.shape[:2])
+    runners = [OnnxPanoptic(str(out), info, engine="openvino")]  # reading the .onnx files
+    info = convert_to_openvino(str(out))
+    assert info["onnx"]["engine"] == "openvino" and (out / "dense.xml").is_file()
+    runners.append(OnnxPanoptic(str(out), info))  # the IR, now the export's default engine
+    for runner in runners:
+        assert runner.engine == "openvino"
+        assert (runner(chw, image.shape[:2])[0] == ref[0]).mean() >= 0.999

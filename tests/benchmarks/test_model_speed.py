@@ -69,7 +69,7 @@ def test_side_by_side_on_a_small_input():
         "MODEL.PANOPTIC_EXT.CHANNELS_LAST", "False", "MODEL.PANOPTIC_EXT.FUSE_NORM", "False",
     ])
     report = run_benchmark(cfg, num_images=2, size=(64, 96), warmup=1,
-                           outputs=("panoptic_seg",))
+                           outputs=("panoptic_seg",), peak_size=(16, 24))
     # the instrumentation is gone again
     assert originals == (ext_meta_arch.paste_for_merge, ext_meta_arch.semantic_argmax,
                          d2_panoptic_fpn.combine_semantic_and_instance_outputs,
@@ -117,6 +117,43 @@ def test_side_by_side_on_a_small_input():
         assert sum(line.startswith(s) for line in text) == 1, s
     assert any(line.startswith("end-to-end median") for line in text)
     assert any("pixels 100.000%" in line and "PQ 100.00" in line for line in text)
+
+    # the arithmetic limit: stage time over (fvcore multiply-adds / measured 3x3-conv peak)
+    assert report["runtime"] == "torch" and "runtime torch" in text[2]
+    lim = report["limit"]
+    peak = lim["peak_macs_per_s"]["fp32"]
+    assert peak > 0 and not lim["compiled_dense"]
+    macs = lim["macs"]
+    assert macs["backbone+FPN"] > macs["semantic head"] > 0 and macs["RPN"] > 0
+    assert lim["total_macs"] == pytest.approx(sum(macs.values()))
+    for name in ("d2", "ours"):
+        t = report[name]["stages"]
+        assert lim[name]["backbone+FPN"] == pytest.approx(t["backbone+FPN"]
+                                                          / (macs["backbone+FPN"] / peak))
+        assert lim[name]["end-to-end"] == pytest.approx(report[name]["total"]["median"]
+                                                        / (lim["total_macs"] / peak))
+    assert any(line.startswith("arithmetic limit: 3x3-conv peak") for line in text)
+    rows = [line.split() for line in text if line.startswith("  ")]
+    assert [r[0] for r in rows] == ["backbone+FPN", "semantic", "RPN", "ROI", "end-to-end"]
+    assert rows[0][1] == f"{lim['d2']['backbone+FPN']:.2f}x"
+
+
+def test_stage_macs_count_the_box_head_linear_layers():
+    cfg = setup_cfg(SYNTHETIC, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",  # a small R-18
+                                "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                                "64", "MODEL.FPN.OUT_CHANNELS", "32"])
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg).eval()
+    macs = model_speed.stage_macs(model, (64, 96), proposals=7, detections=3)
+    rh = model.roi_heads
+    linear = [m for m in (*rh.box_head.modules(), *rh.box_predictor.modules())
+              if isinstance(m, torch.nn.Linear)]
+    assert macs["box head"] == 7 * sum(m.in_features * m.out_features for m in linear)
+    # twice the detections, twice the mask head; 50x90 pads to the same 64x96 backbone input
+    again = model_speed.stage_macs(model, (50, 90), proposals=7, detections=6)
+    assert again["mask head"] == pytest.approx(2 * macs["mask head"]) and macs["mask head"] > 0
+    assert again["backbone+FPN"] == macs["backbone+FPN"] > 0
 
 
 def test_compare_panoptic_scores_a_known_disagreement():

@@ -1,0 +1,372 @@
+"""The model's dense parts as ONNX graphs, for `tools/export_model.py --format onnx` and for
+TEST.RUNTIME (OpenVINO / ONNX Runtime running them at inference).
+
+`DenseGraph` is backbone + FPN, the semantic head and the RPN head in one graph (dynamic height
+and width); `RoiHeadGraph` is a box or mask head, optionally with its per-level ROIAlign (as
+ONNX RoiAlign ops, dynamic box counts). Everything data-dependent (anchors, top-k, NMS, box
+decoding, pasting, the merge) stays outside the graphs. Norms are folded into the convolutions
+(MODEL.PANOPTIC_EXT.FUSE_NORM) while tracing, so the graphs hold plain convolutions.
+
+`CompiledRuntime` (TEST.RUNTIME): the model's own weights exported in memory on the first
+inference call (so every checkpoint works, nothing is downloaded), compiled by the engine with
+dynamic shapes, and rebuilt when any weight changes (keyed on the tensors' in-place version
+counters, as the folded norms are: training steps and `load_state_dict` bump them). Only the
+dense parts run there; proposal selection, NMS, ROIAlign, pasting and the merge stay in torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..apps.onnx_pipeline import keep_signal_stack  # torch-free, shared with the runner
+
+__all__ = [
+    "ONNX_OPSET",
+    "RUNTIMES",
+    "CompiledRuntime",
+    "available_runtimes",
+    "check_runtime",
+    "folded_norms",
+    "openvino_config",
+    "resolve_runtime",
+    "DenseGraph",
+    "RoiHeadGraph",
+    "check_exportable",
+    "onnx_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17  # RoiAlign with aligned=True (coordinate_transformation_mode half_pixel): 16+
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise a clear error for model parts the graphs and the numpy pipeline do not cover."""
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+    from detectron2.modeling.poolers import ROIPooler
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    pg, rh = model.proposal_generator, model.roi_heads
+    problems = []
+    if not hasattr(model.sem_seg_head, "layers"):
+        problems.append(f"semantic head {type(model.sem_seg_head).__name__} has no layers()")
+    if type(getattr(pg, "anchor_generator", None)) is not DefaultAnchorGenerator:
+        problems.append("the RPN needs Detectron2's DefaultAnchorGenerator")
+    if not isinstance(rh, StandardROIHeads) or not isinstance(rh.box_pooler, ROIPooler):
+        problems.append("the ROI heads need to be StandardROIHeads with ROIAlign poolers")
+    elif getattr(rh, "mask_on", False) and list(rh.mask_in_features) != list(rh.box_in_features):
+        problems.append("mask and box heads must read the same FPN levels")
+    square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
+    if square:
+        problems.append("square padding (padding_constraints square_size) is not supported")
+    for pooler in [rh.box_pooler, getattr(rh, "mask_pooler", None)]:
+        for p in getattr(pooler, "level_poolers", []):
+            if not hasattr(p, "aligned"):
+                problems.append(f"pooler {type(p).__name__} is not ROIAlign/ROIAlignV2")
+    if problems:
+        raise TypeError("ONNX export/runtime does not support this model: " + "; ".join(problems))
+
+
+class DenseGraph(nn.Module):
+    """image (N, 3, H, W), normalized and padded -> (semantic logits, the FPN features the RPN
+    and ROI heads read (`feature_names`), RPN objectness per level, RPN deltas per level).
+    `full_semantic`: the logits at the input size (the head's final upsampling included),
+    else at 1/common_stride."""
+
+    def __init__(self, model: nn.Module, full_semantic: bool = True):
+        super().__init__()
+        self.backbone = model.backbone
+        self.sem_seg_head = model.sem_seg_head
+        self.rpn_head = model.proposal_generator.rpn_head
+        self.rpn_in = list(model.proposal_generator.in_features)
+        self.roi_in = list(model.roi_heads.box_in_features)
+        self.feature_names = self.rpn_in + [f for f in self.roi_in if f not in self.rpn_in]
+        self.full_semantic = full_semantic
+
+    def output_names(self) -> list[str]:
+        return (["sem_seg", *self.feature_names] + [f"objectness_{f}" for f in self.rpn_in]
+                + [f"deltas_{f}" for f in self.rpn_in])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.backbone(image)
+        sem = self.sem_seg_head.layers(features)
+        if self.full_semantic:
+            sem = F.interpolate(sem, scale_factor=self.sem_seg_head.common_stride,
+                                mode="bilinear", align_corners=False)
+        objectness, deltas = self.rpn_head([features[f] for f in self.rpn_in])
+        return (sem, *[features[f] for f in self.feature_names], *objectness, *deltas)
+
+
+class RoiHeadGraph(nn.Module):
+    """A box head (+ predictor: (class logits, box deltas)) or a mask head (mask logits).
+
+    With `pooler`: inputs are the FPN features then one (Ni, 4) box tensor per level (boxes
+    already assigned to levels); output rows come level by level. Without: the input is the
+    pooled (N, C, R, R) features."""
+
+    def __init__(self, head: nn.Module, predictor: nn.Module | None = None,
+                 pooler: nn.Module | None = None):
+        super().__init__()
+        self.head = head
+        self.predictor = predictor
+        self.level_poolers = None if pooler is None else pooler.level_poolers
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        if self.level_poolers is None:
+            x = inputs[0]
+        else:
+            n = len(self.level_poolers)
+            pooled = []
+            for pool, feat, rois in zip(self.level_poolers, inputs[:n], inputs[n:], strict=True):
+                rois5 = torch.cat([torch.zeros_like(rois[:, :1]), rois], dim=1)
+                pooled.append(pool(feat, rois5))
+            x = torch.cat(pooled, dim=0)
+        if self.predictor is None:
+            return self.head.layers(x)
+        return self.predictor(self.head(x))
+
+
+def onnx_bytes(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> bytes:
+    """`module` traced into an ONNX model (opset ONNX_OPSET), as bytes."""
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # TracerWarnings, the legacy exporter's deprecation
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    return buf.getvalue()
+
+
+# ---- TEST.RUNTIME ----------------------------------------------------------------------------
+
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+_COMPILED = ("openvino", "onnxruntime")  # "auto" order: fastest first (see docs/speed.md)
+
+
+def check_runtime(runtime: str) -> str:
+    """`runtime` if TEST.RUNTIME can take it."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"TEST.RUNTIME must be one of {list(RUNTIMES)}, got {runtime!r}")
+    return runtime
+
+
+def available_runtimes() -> list[str]:
+    """The compiled runtimes importable here, fastest first."""
+    return [r for r in _COMPILED if importlib.util.find_spec(r) is not None]
+
+
+_fallback_logged: set[str] = set()
+
+
+def resolve_runtime(runtime: str, device_type: str) -> str:
+    """What TEST.RUNTIME `runtime` means on `device_type`: "torch", "openvino" or
+    "onnxruntime". "auto" is the fastest installed compiled runtime on CPU and torch elsewhere;
+    a requested runtime that is not installed (or a non-CPU device) falls back to torch with a
+    logged line."""
+    check_runtime(runtime)
+    if runtime == "torch":
+        return "torch"
+    if device_type != "cpu":
+        if runtime != "auto" and runtime not in _fallback_logged:
+            _fallback_logged.add(runtime)
+            logger.warning(f"TEST.RUNTIME={runtime!r} runs on CPU only; using torch on "
+                           f"{device_type}")
+        return "torch"
+    installed = available_runtimes()
+    if runtime == "auto":
+        return installed[0] if installed else "torch"
+    if runtime not in installed:
+        if runtime not in _fallback_logged:
+            _fallback_logged.add(runtime)
+            logger.warning(f"TEST.RUNTIME={runtime!r}: {runtime} is not importable; "
+                           "falling back to torch (pip install -r requirements.txt)")
+        return "torch"
+    return runtime
+
+
+def openvino_config(precision: str, threads: int) -> dict[str, Any]:
+    """OpenVINO CPU compile properties: TEST.PRECISION bf16 -> the bf16 inference precision
+    hint (used where the CPU has bf16 instructions), else f32 (OpenVINO's CPU default would be
+    bf16 on AMX machines); `threads` (0: OpenVINO's default)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class _Engine:
+    """One compiled graph: numpy arrays in, a list of numpy arrays out."""
+
+    def __init__(self, runtime: str, blob: bytes, precision: str, threads: int):
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if threads > 0:
+                opts.intra_op_num_threads = threads
+            if precision == "bf16" and "bf16" not in _fallback_logged:
+                _fallback_logged.add("bf16")
+                logger.warning("TEST.PRECISION=bf16: ONNX Runtime's CPU provider runs fp32")
+            self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+            self._names = [i.name for i in self._session.get_inputs()]
+        else:
+            with keep_signal_stack():  # the CPU plugin swaps the signal stack (segfaults)
+                import openvino as ov
+
+                core = ov.Core()
+                self._compiled = core.compile_model(core.read_model(blob, b""), "CPU",
+                                                    openvino_config(precision, threads))
+
+    def __call__(self, *arrays) -> list:
+        if self.runtime == "onnxruntime":
+            return self._session.run(None, dict(zip(self._names, arrays, strict=True)))
+        with keep_signal_stack():
+            return list(self._compiled(list(arrays)).to_tuple())
+
+
+def _np(t: torch.Tensor):
+    return t.detach().float().contiguous().numpy()
+
+
+class CompiledRuntime:
+    """The dense parts of one model run by `runtime` ("openvino" / "onnxruntime") at
+    `precision`; graphs built lazily from the model's current weights and rebuilt after any
+    weight changes."""
+
+    def __init__(self, runtime: str, precision: str = "fp32",
+                 reuse: CompiledRuntime | None = None):
+        """`reuse`: another instance for the same model, whose exported graphs are taken over
+        while the weights are unchanged (switching runtime or precision compiles only)."""
+        if runtime not in _COMPILED:
+            raise ValueError(f"CompiledRuntime runs {_COMPILED}, got {runtime!r}")
+        self.runtime = runtime
+        self.precision = precision
+        self._key: tuple | None = None
+        self._engines: dict[str, _Engine] = {}
+        self._blobs: dict[str, bytes] = {} if reuse is None else reuse._blobs
+        self._blob_key: tuple | None = None if reuse is None else reuse._blob_key
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (deepcopy, pickle) leave the compiled engines behind; they rebuild lazily."""
+        return {**self.__dict__, "_key": None, "_engines": {}, "_blob_key": None, "_blobs": {}}
+
+    @staticmethod
+    def _weights_key(model: nn.Module) -> tuple:
+        return tuple((t.data_ptr(), t._version)
+                     for t in (*model.parameters(), *model.buffers()))
+
+    def _build(self, model: nn.Module, x: torch.Tensor) -> None:
+        """Export the graphs from the current weights (norms folded) and compile them."""
+        t0 = time.perf_counter()
+        key = self._weights_key(model)
+        if self._blob_key != key:
+            self._blobs = self._export(model, x)
+            self._blob_key = key
+        t1 = time.perf_counter()
+        threads = torch.get_num_threads()
+        self._engines = {k: _Engine(self.runtime, b, self.precision, threads)
+                         for k, b in self._blobs.items()}
+        self._key = key
+        logger.info(f"TEST.RUNTIME {self.runtime} ({self.precision}): graphs exported in "
+                    f"{t1 - t0:.1f} s, compiled in {time.perf_counter() - t1:.1f} s "
+                    "(dynamic shapes: once per weights)")
+
+    @staticmethod
+    def _export(model: nn.Module, x: torch.Tensor) -> dict[str, bytes]:
+        """The dense, box head and mask head graphs of the model's current weights."""
+        check_exportable(model)
+        rh = model.roi_heads
+        dense = DenseGraph(model, full_semantic=False).eval()
+        names = dense.output_names()
+        axes = {"image": {0: "batch", 2: "height", 3: "width"}}
+        axes.update({n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names})
+        channels = model.backbone.output_shape()[rh.box_in_features[0]].channels
+        with folded_norms(model):
+            blobs = {"dense": onnx_bytes(dense, (x,), ["image"], names, axes)}
+            box_in = _pooled_sample(rh.box_pooler, channels)
+            blobs["box"] = onnx_bytes(
+                RoiHeadGraph(rh.box_head, rh.box_predictor).eval(), (box_in,), ["pooled"],
+                ["class_logits", "box_deltas"],
+                {"pooled": {0: "n"}, "class_logits": {0: "n"}, "box_deltas": {0: "n"}})
+            if getattr(rh, "mask_on", False):
+                mask_in = _pooled_sample(rh.mask_pooler, channels)
+                blobs["mask"] = onnx_bytes(
+                    RoiHeadGraph(rh.mask_head).eval(), (mask_in,), ["pooled"],
+                    ["mask_logits"], {"pooled": {0: "n"}, "mask_logits": {0: "n"}})
+        return blobs
+
+    def dense(self, model: nn.Module, x: torch.Tensor) -> tuple[
+            torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """(semantic logits at 1/common_stride, ROI features by name, RPN objectness and deltas
+        per level) of the padded, normalized batch `x`, by the compiled dense graph."""
+        if self._key is None or self._key != self._weights_key(model):
+            self._build(model, x)
+        outs = [torch.from_numpy(o) for o in self._engines["dense"](_np(x))]
+        names = DenseGraph(model).feature_names
+        n_rpn = len(model.proposal_generator.in_features)
+        features = dict(zip(names, outs[1:1 + len(names)], strict=True))
+        rest = outs[1 + len(names):]
+        return outs[0], features, rest[:n_rpn], rest[n_rpn:]
+
+    def head_patches(self, model: nn.Module, objectness: list[torch.Tensor],
+                     deltas: list[torch.Tensor]) -> list[tuple[Any, str, Callable]]:
+        """(object, attribute, replacement) patches (for `inference_opts.shadowed`) that make
+        the RPN head return the dense graph's outputs and the box / mask heads run compiled."""
+        rpn_head = model.proposal_generator.rpn_head
+        rh = model.roi_heads
+        box_head, predictor = rh.box_head, rh.box_predictor
+        patches: list[tuple[Any, str, Callable]] = [
+            (rpn_head, "forward", lambda features: (list(objectness), list(deltas)))]
+
+        def box_forward(x: torch.Tensor):
+            if x.shape[0] == 0:
+                return type(box_head).forward(box_head, x)
+            return tuple(torch.from_numpy(o) for o in self._engines["box"](_np(x)))
+
+        def predictor_forward(x):
+            return x if isinstance(x, tuple) else type(predictor).forward(predictor, x)
+
+        patches += [(box_head, "forward", box_forward), (predictor, "forward", predictor_forward)]
+        mask_head = getattr(rh, "mask_head", None)
+        if "mask" in self._engines and mask_head is not None:
+            def mask_layers(x: torch.Tensor) -> torch.Tensor:
+                if x.shape[0] == 0:
+                    return type(mask_head).layers(mask_head, x)
+                return torch.from_numpy(self._engines["mask"](_np(x))[0])
+
+            patches.append((mask_head, "layers", mask_layers))
+        return patches
+
+
+def _pooled_sample(pooler: nn.Module, channels: int) -> torch.Tensor:
+    """A (2, C, R, R) stand-in for pooled features, to trace a head with."""
+    return torch.zeros((2, channels, *pooler.output_size))
+
+
+def folded_norms(model: nn.Module) -> contextlib.AbstractContextManager:
+    """While inside: the model's foldable norms folded into their convolutions (fp32), if
+    MODEL.PANOPTIC_EXT.FUSE_NORM; the graphs then hold plain convolutions."""
+    from .inference_opts import shadowed
+
+    folder = getattr(model, "_folded_norms", None)
+    if folder is None or not getattr(model, "fuse_norm", False):
+        return contextlib.nullcontext()
+    return shadowed(folder.patches(model, "fp32"))

@@ -1,0 +1,121 @@
+"""TEST.RUNTIME: the dense parts run by OpenVINO / ONNX Runtime give torch's panoptic output,
+bf16 maps to OpenVINO's precision hint, a missing runtime falls back to torch, bad values fail."""
+
+import logging
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from panoptic_ext.modeling import runtime
+from panoptic_ext.modeling.runtime import (
+    CompiledRuntime,
+    check_runtime,
+    openvino_config,
+    resolve_runtime,
+)
+from tests.helpers.tools import TINY_OPTS, synthetic_cfg
+
+# a small R-18 FPN: tracing and compiling it stays cheap; random GN weights give detections
+SMALL = [*TINY_OPTS, "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18",
+         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+         "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+         "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
+         "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "16"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(model, inputs, torch's outputs): two images of different sizes, one resized output."""
+    torch.manual_seed(0)
+    model = build_model(synthetic_cfg(SMALL)).eval()
+    gen = torch.Generator().manual_seed(1)
+    inputs = [{"image": torch.randint(0, 256, (3, 64, 80), generator=gen).float(),
+               "height": 90, "width": 100},
+              {"image": torch.randint(0, 256, (3, 48, 64), generator=gen).float()}]
+    with torch.no_grad():
+        ref = model(inputs)
+    return model, inputs, ref
+
+
+def _agreement(ref, out) -> float:
+    pix = sum((r["panoptic_seg"][0] == o["panoptic_seg"][0]).sum().item()
+              for r, o in zip(ref, out, strict=True))
+    return pix / sum(r["panoptic_seg"][0].numel() for r in ref)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_runtime_matches_torch(small, name, monkeypatch, caplog):
+    pytest.importorskip(name)
+    model, inputs, ref = small
+    monkeypatch.setattr(model, "runtime", name)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.modeling.runtime"):
+        out = model(inputs)
+        engine = model._compiled
+        again = model(inputs)  # same weights: nothing rebuilt
+    assert engine is not None and engine.runtime == name and model._compiled is engine
+    assert sum("compiled in" in r.getMessage() for r in caplog.records) == 1
+    assert _agreement(ref, out) >= 0.999 and _agreement(out, again) == 1.0
+    assert sum(s["isthing"] for r in ref for s in r["panoptic_seg"][1]) > 0  # heads ran
+    for r, o in zip(ref, out, strict=True):
+        assert o["sem_seg"].shape == r["sem_seg"].shape
+        assert len(o["instances"]) == len(r["instances"])
+        assert torch.allclose(o["instances"].scores, r["instances"].scores, atol=1e-3)
+    model.train()
+    assert model._compiled_runtime() is None  # training never runs compiled
+    model.eval()
+
+
+def test_bf16_maps_to_the_openvino_hint(small, monkeypatch):
+    assert openvino_config("bf16", 2) == {"INFERENCE_PRECISION_HINT": "bf16",
+                                          "INFERENCE_NUM_THREADS": 2}
+    assert openvino_config("fp32", 0) == {"INFERENCE_PRECISION_HINT": "f32"}
+    pytest.importorskip("openvino")
+    model, inputs, _ = small
+    seen = []
+    monkeypatch.setattr(runtime, "openvino_config",
+                        lambda p, t: seen.append(p) or openvino_config(p, t))
+    monkeypatch.setattr(model, "runtime", "openvino")
+    monkeypatch.setattr(model, "precision", "bf16")
+    with torch.no_grad():
+        out = model(inputs[1:])
+    engine = model._compiled
+    assert engine.precision == "bf16" and set(seen) == {"bf16"}
+    assert out[0]["panoptic_seg"][0].shape == inputs[1]["image"].shape[1:]
+    # a weight changed in place (as by an optimizer step) makes the next call rebuild
+    key = engine._weights_key(model)
+    with torch.no_grad():
+        model.sem_seg_head.predictor.bias.add_(5.0)
+        try:
+            assert engine._weights_key(model) != key
+        finally:
+            model.sem_seg_head.predictor.bias.sub_(5.0)
+
+
+def test_missing_runtime_falls_back_to_torch(small, monkeypatch, caplog):
+    model, inputs, ref = small
+    real = runtime.importlib.util.find_spec
+    monkeypatch.setattr(runtime.importlib.util, "find_spec",
+                        lambda name: None if name in ("openvino", "onnxruntime") else real(name))
+    monkeypatch.setattr(runtime, "_fallback_logged", set())
+    with caplog.at_level(logging.WARNING, logger="panoptic_ext.modeling.runtime"):
+        assert resolve_runtime("openvino", "cpu") == "torch"
+    assert "falling back to torch" in caplog.text and "openvino" in caplog.text
+    assert resolve_runtime("auto", "cpu") == "torch"
+    monkeypatch.setattr(model, "runtime", "onnxruntime")
+    monkeypatch.setattr(model, "_compiled", None)
+    with torch.no_grad():
+        out = model(inputs)
+    assert model._compiled is None and _agreement(ref, out) == 1.0
+    assert resolve_runtime("auto", "cuda") == "torch"
+
+
+def test_bad_runtime_names_the_key():
+    with pytest.raises(ValueError, match="TEST.RUNTIME must be one of"):
+        check_runtime("tensorrt")
+    cfg = synthetic_cfg([*SMALL, "TEST.RUNTIME", "OpenVINO"])
+    with pytest.raises(ValueError, match="TEST.RUNTIME.*'OpenVINO'"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="CompiledRuntime runs"):
+        CompiledRuntime("torch")
