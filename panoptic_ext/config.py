@@ -28,17 +28,48 @@ def add_panoptic_config(cfg: CN) -> CN:
     cfg.MODEL.PANOPTIC_EXT.POSTPROCESS_THREADS = 1
     # What inference returns per image: any of "instances", "sem_seg", "panoptic_seg".
     cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS = ["instances", "sem_seg", "panoptic_seg"]
+    # Unpickle MODEL.WEIGHTS (and resumed checkpoints) in full: runs any code the file holds;
+    # only for files you trust (default: tensors, numpy arrays and containers only).
+    cfg.MODEL.PANOPTIC_EXT.TRUST_WEIGHTS_FILE = False
+    # How the task losses combine: "fixed" (the weights above) or "uncertainty" (learned
+    # log-variances s: loss = sum exp(-s) * L + s, on top of the fixed weights; Kendall 2018).
+    cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING = "fixed"
+    # With "uncertainty": one learned weight per "task" (semantic, instance) or per loss "term".
+    cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING_GROUPS = "task"
     # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).
     cfg.TEST.PRECISION = "fp32"
+    # Who runs the dense parts at inference: "torch", "openvino", "onnxruntime" (ONNX graphs
+    # exported from the loaded weights, CPU only) or "auto" (OpenVINO, else ONNX Runtime, on CPU).
+    cfg.TEST.RUNTIME = "torch"
     # Keep each evaluated dataset's COCO panoptic predictions (inference/<dataset>/predictions*).
     cfg.TEST.SAVE_PREDICTIONS = False
+    # Who scores PQ: "auto" (the evaluator in memory; files: hotcoco where it gives
+    # panopticapi's numbers), "hotcoco" (required; evaluator writes PNGs), "panoptic_ext".
+    cfg.TEST.PQ_BACKEND = "auto"
+    # Who scores box/mask AP: "auto" (hotcoco if installed), "hotcoco", "pycocotools".
+    cfg.TEST.AP_BACKEND = "auto"
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (CPU or CUDA) or "float16" (CUDA).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
     # Iterations between log lines / metrics.json entries (Detectron2 hard-codes 20).
     cfg.SOLVER.LOG_PERIOD = 20
+    # Schedule length in epochs (0 = MAX_ITER in iterations; > 0 needs SOLVER.MAX_ITER 0).
+    cfg.SOLVER.EPOCHS = 0
+    # With EPOCHS: LR decays in epochs (empty: SOLVER.STEPS as fractions of the YAML's MAX_ITER).
+    cfg.SOLVER.STEPS_EPOCHS = ()
+    # With EPOCHS: warmup length in epochs (0 = SOLVER.WARMUP_ITERS, in iterations, as it is).
+    cfg.SOLVER.WARMUP_EPOCHS = 0.0
+    # With EPOCHS: epochs between checkpoints (0 = SOLVER.CHECKPOINT_PERIOD, in iterations).
+    cfg.SOLVER.CHECKPOINT_PERIOD_EPOCHS = 0
+    # Written by the conversion, "N epochs = M iterations at batch B over K images"; not to set.
+    cfg.SOLVER.EPOCHS_RESOLVED = ""
+    # With SOLVER.EPOCHS: epochs between evaluations (0 = TEST.EVAL_PERIOD, in iterations).
+    cfg.TEST.EVAL_PERIOD_EPOCHS = 0
     # A training sample that fails to load: "error" stops naming the file, "skip" logs it,
     # trains on another sample and counts it (metric data/skipped_samples).
     cfg.DATALOADER.ON_BAD_SAMPLE = "error"
+    # A panoptic JSON segment area/bbox unlike its PNG pixels: "error" (validation fails), or
+    # "fix" (a corrected copy of the JSON, in the validation cache, is used; logged).
+    cfg.DATALOADER.ON_BAD_AREA = "error"
     # Check every file of DATASETS.TRAIN/TEST before training (panoptic_ext.data.validate).
     cfg.DATALOADER.VALIDATE = True
     # Your COCO-panoptic folders, "NAME:IMAGE_ROOT:PANOPTIC_JSON:PANOPTIC_ROOT": registers NAME and

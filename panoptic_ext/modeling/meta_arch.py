@@ -32,6 +32,7 @@ from .inference_opts import (
     float_outputs,
     shadowed,
 )
+from .loss_balancing import build_loss_balancer
 from .postprocess import (
     MergeInputs,
     intra_op_threads,
@@ -39,6 +40,7 @@ from .postprocess import (
     semantic_argmax,
     semantic_resize,
 )
+from .runtime import CompiledRuntime, check_runtime, resolve_runtime
 
 __all__ = ["PanopticFPNExt"]
 
@@ -68,11 +70,13 @@ class PanopticFPNExt(GeneralizedRCNN):
         combine: Callable,
         instance_loss_weight: float = 1.0,
         loss_weights: dict[str, float] | None = None,
+        loss_balancer: nn.Module | None = None,
         fast_inference: bool = True,
         channels_last: bool = True,
         fuse_norm: bool = True,
         postprocess_threads: int = 1,
         precision: str = "fp32",
+        runtime: str = "torch",
         outputs: Sequence[str] = _OUTPUTS,
         **kwargs,
     ):
@@ -83,6 +87,8 @@ class PanopticFPNExt(GeneralizedRCNN):
             combine: the panoptic merge, called as `combine(instances, sem_labels)`.
             instance_loss_weight: multiplies every ROI-head loss (box and mask branches).
             loss_weights: extra per-loss multipliers by loss name.
+            loss_balancer: learned task balancing applied after the fixed weights (see
+                `loss_balancing.py`); None: the fixed weights only.
             fast_inference: post-process with less work for the same outputs (see `inference`).
             channels_last: run the convolutional parts in channels_last at inference (faster on
                 CPU; low bits of the results differ from the default layout).
@@ -92,6 +98,8 @@ class PanopticFPNExt(GeneralizedRCNN):
                 unchanged); its many small ops lose more to thread hand-offs than they gain.
             precision: "fp32", "bf16" or "fp16" (CUDA) autocast for the convolutional parts at
                 inference.
+            runtime: TEST.RUNTIME, who runs the dense parts at inference ("torch", "openvino",
+                "onnxruntime", "auto"; see `runtime.py`).
             outputs: what `inference` returns by default.
             kwargs: as for GeneralizedRCNN (backbone, proposal_generator, roi_heads, ...).
         """
@@ -100,6 +108,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.combine = combine
         self.instance_loss_weight = float(instance_loss_weight)
         self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items()}
+        self.loss_balancer = loss_balancer
         self.fast_inference = bool(fast_inference)
         self.channels_last = bool(channels_last)
         self._channels_last_done = False
@@ -107,6 +116,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         self._folded_norms = FoldedNorms()
         self.postprocess_threads = int(postprocess_threads)
         self.precision = check_precision(precision)
+        self.runtime = check_runtime(runtime)
+        self._compiled: CompiledRuntime | None = None
         self.outputs = self._check_outputs(outputs)
 
     @classmethod
@@ -117,11 +128,13 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["instance_loss_weight"] = cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
         ext = cfg.MODEL.PANOPTIC_EXT
         ret["loss_weights"] = dict(ext.LOSS_WEIGHTS)
+        ret["loss_balancer"] = build_loss_balancer(cfg)
         ret["fast_inference"] = ext.FAST_INFERENCE
         ret["channels_last"] = ext.CHANNELS_LAST
         ret["fuse_norm"] = ext.FUSE_NORM
         ret["postprocess_threads"] = ext.POSTPROCESS_THREADS
         ret["precision"] = cfg.TEST.PRECISION.lower()
+        ret["runtime"] = cfg.TEST.RUNTIME
         ret["outputs"] = tuple(ext.INFERENCE_OUTPUTS)
         return ret
 
@@ -158,7 +171,31 @@ class PanopticFPNExt(GeneralizedRCNN):
         for name, w in self.loss_weights.items():
             if w != 1.0 and name in losses:
                 losses[name] = losses[name] * w
+        if self.loss_balancer is not None:  # learned factors on top of the fixed weights
+            losses = self.loss_balancer(losses, self._fixed_loss_weights(losses))
         return losses
+
+    def training_only_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes inference never reads (the learned task weights), so weight
+        files without them still load for evaluation, the demo and export."""
+        return () if self.loss_balancer is None else ("loss_balancer.",)
+
+    def no_weight_decay_params(self) -> list[str]:
+        """Local names of parameters the optimizer must not decay (the learned task weights)."""
+        return [] if self.loss_balancer is None else self.loss_balancer.param_names()
+
+    def _fixed_loss_weights(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Every fixed factor on each term (the heads' own loss weights, the instance weight,
+        LOSS_WEIGHTS), for the logged effective weights."""
+        head: dict[str, float] = {"loss_sem_seg": getattr(self.sem_seg_head, "loss_weight", 1.0)}
+        head.update(getattr(self.proposal_generator, "loss_weight", None) or {})
+        box = getattr(getattr(self.roi_heads, "box_predictor", None), "loss_weight", None)
+        head.update(box if isinstance(box, dict) else {})
+        mask_head = getattr(self.roi_heads, "mask_head", None)
+        head["loss_mask"] = float(getattr(mask_head, "loss_weight", 1.0))
+        roi = ("loss_cls", "loss_box_reg", "loss_mask")
+        return {k: float(head.get(k, 1.0)) * self.loss_weights.get(k, 1.0)
+                * (self.instance_loss_weight if k in roi else 1.0) for k in losses}
 
     # ---- inference ---------------------------------------------------------------------------
 
@@ -218,6 +255,9 @@ class PanopticFPNExt(GeneralizedRCNN):
     def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool) -> _NetworkOutputs:
         """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
         images = self.preprocess_image(batched_inputs)
+        engine = self._compiled_runtime()
+        if engine is not None:
+            return self._run_compiled(engine, images, full_sem)
         sem_small = sem_full = None
         with self._inference_precision():
             x = images.tensor
@@ -239,6 +279,34 @@ class PanopticFPNExt(GeneralizedRCNN):
         if sem_small is not None and full_sem:
             sem_full = self._upsample(sem_small)
         return _NetworkOutputs(list(images.image_sizes), detections, sem_small, sem_full)
+
+    def _compiled_runtime(self) -> CompiledRuntime | None:
+        """TEST.RUNTIME's engine for the dense parts, None where torch runs them. Made at the
+        first inference call of this model instance; it rebuilds its graphs whenever a weight
+        has changed since (training steps, load_state_dict)."""
+        if self.training:
+            return None
+        name = resolve_runtime(self.runtime, self.device.type)
+        if name == "torch":
+            return None
+        engine = self._compiled
+        if engine is None or (engine.runtime, engine.precision) != (name, self.precision):
+            engine = self._compiled = CompiledRuntime(name, self.precision, reuse=engine)
+        return engine
+
+    def _run_compiled(self, engine: CompiledRuntime, images: ImageList,
+                      full_sem: bool) -> _NetworkOutputs:
+        """`_run_network` with the dense parts (backbone + FPN, semantic head, RPN head, box
+        and mask heads) run by `engine`; proposals, NMS, ROIAlign stay torch's."""
+        sem_small, features, objectness, deltas = engine.dense(self, images.tensor)
+        with shadowed(engine.head_patches(self, objectness, deltas)):
+            proposals, _ = self.proposal_generator(images, features, None)
+            detections, _ = self.roi_heads(images, features, proposals, None)
+        del features
+        fast = self._fast_semantic()
+        sem_full = self._upsample(sem_small) if full_sem or not fast else None
+        return _NetworkOutputs(list(images.image_sizes), detections,
+                               sem_small if fast else None, sem_full)
 
     def _postprocess(
         self,
