@@ -27,6 +27,19 @@ def pytest_configure(config):
     os.environ.setdefault("PANOPTIC_EXT_PYTHON", sys.executable)
 
 
+@pytest.fixture(autouse=True)
+def _package_logs_reach_caplog():
+    """Detectron2's setup_logger (run by setup_cfg in earlier tests) stops our logger from
+    propagating; caplog listens at the root, so every test starts with propagation on."""
+    import logging
+
+    logger = logging.getLogger("panoptic_ext")
+    before = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = before
+
+
 @pytest.fixture
 def coco_cfg():
     """Our COCO 3x config on CPU (model built with random weights; nothing downloaded)."""
