@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-file", default=COCO)
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-                                       "TEST.DETECTIONS_PER_IMAGE", "100", *args.opts])
+                                       "TEST.DETECTIONS_PER_IMAGE", "100"])
     model, _, source = build_models(cfg)
     img = exported_io.read_image(args.image, "BGR")
     chw = torch.from_numpy(exported_io.preprocess_array(
