@@ -17,7 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
@@ -25,6 +25,7 @@ from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
 from ..utils.io import atomic_write_json
+from . import exported_io
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -76,35 +77,13 @@ def collect_inputs(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     return unique, problems
 
 
-def to_8bit(img: Image.Image) -> Image.Image:
-    """An 8-bit image (L, RGB, ...) of any PIL mode, without clipping.
-
-    PIL's own ``convert("RGB")`` saturates 16- and 32-bit pixels (a 16-bit scan becomes all
-    white). Here 16-bit modes (``I;16*``) are scaled by the dtype's range (v * 255 / 65535,
-    like PIL's 16-bit RGB PNGs, which it reads as their high byte); ``I`` (32-bit int) and
-    ``F`` (float) have no fixed range and are scaled by the image's own min..max, unless all
-    values already lie in 0..255 (then kept). Palette, LA, CMYK ... are left to ``convert``.
-    """
-    if img.mode.startswith("I;16"):
-        a = np.asarray(img).astype(np.float64) * (255.0 / 65535.0)
-    elif img.mode in ("I", "F"):
-        a = np.asarray(img).astype(np.float64)
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(a.min()), float(a.max())
-        if lo < 0 or hi > 255:
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    else:
-        return img
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+to_8bit = exported_io.to_8bit  # one rule for every mode, shared with the exported runners
 
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:
     """HxWx3 uint8 in ``format`` (BGR or RGB), upright per EXIF, every PIL mode converted
     by :func:`to_8bit` (Detectron2's reader clips 16-bit images)."""
-    with Image.open(path) as img:
-        img = to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
-        array = np.asarray(img)
-    return np.ascontiguousarray(array[:, :, ::-1] if format == "BGR" else array)
+    return np.ascontiguousarray(exported_io.read_image(path, format))
 
 
 def panoptic_to_coco(
