@@ -14,24 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from detectron2.evaluation import SemSegEvaluator
 
+from ..modeling.postprocess import class_argmax  # re-exported: its home is post-processing
+
 __all__ = ["FastSemSegEvaluator", "class_argmax"]
-
-
-def class_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(dim=0)`` of a (C, H, W) tensor, the first maximal class on ties (and
-    torch's own argmax where a score is NaN, which it takes as the maximum)."""
-    best = scores[0].clone()
-    index = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
-    for c in range(1, scores.shape[0]):
-        better = scores[c] > best  # strict: an equal later class does not win, as argmax
-        index[better] = c
-        torch.maximum(best, scores[c], out=best)  # propagates NaN: checked once below
-    if torch.isnan(best).any():
-        return scores.argmax(dim=0)
-    return index
 
 
 class FastSemSegEvaluator(SemSegEvaluator):

@@ -1,5 +1,6 @@
 """Inference-only speed-ups the meta-architecture applies around its network: batch norms folded
-into convolutions, channels_last convolutions, and autocast for the convolutional parts.
+into convolutions, channels_last convolutions, autocast for the convolutional parts, and
+ROIAlign spread over threads.
 
 Each changes only low bits of the results (off = Detectron2's exact numbers), and none changes
 the modules themselves: folded weights live in a cache, and patched forwards are instance
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -26,6 +30,7 @@ __all__ = [
     "convert_channels_last",
     "float_outputs",
     "foldable",
+    "parallel_roi_align",
     "shadowed",
 ]
 
@@ -151,3 +156,57 @@ def shadowed(patches: Sequence[Patch]) -> Iterator[None]:
     finally:
         for obj, attr, _ in reversed(patches):
             obj.__dict__.pop(attr, None)
+
+
+# ---- ROIAlign over threads -------------------------------------------------------------------
+
+_MIN_ROIS_PER_THREAD = 16  # below this, a thread hand-off costs more than it saves
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per process and size (a forked child gets its own: threads do not survive it)."""
+    key = (os.getpid(), threads)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="roi_align")
+        return pool
+
+
+def _split_roi_align(align: nn.Module, threads: int) -> Callable:
+    """`align`'s forward with its boxes dealt round-robin to `threads` threads. torchvision's
+    CPU ROIAlign runs on one core and releases the GIL; each box is pooled independently, so
+    the result is bit-identical."""
+    forward = type(align).forward
+
+    def run(input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        n = rois.shape[0]
+        parts = min(threads, n // _MIN_ROIS_PER_THREAD)
+        if parts < 2:
+            return forward(align, input, rois)
+        grad = torch.is_grad_enabled()  # thread-local: carry the caller's mode over
+
+        def pool_part(k: int) -> torch.Tensor:
+            with torch.set_grad_enabled(grad):
+                return forward(align, input, rois[k::parts])
+
+        outs = list(_thread_pool(parts).map(pool_part, range(parts)))
+        out = outs[0].new_empty((n, *outs[0].shape[1:]))
+        for k, part in enumerate(outs):
+            out[k::parts] = part
+        return out
+
+    return run
+
+
+def parallel_roi_align(poolers: Iterable[nn.Module | None], threads: int) -> list[Patch]:
+    """Patches (for `shadowed`) spreading the CPU ROIAlign of each `ROIPooler` in `poolers` over
+    `threads` threads: ~2x on 2 cores for the box head's 1000 proposals, the same numbers."""
+    if threads < 2:
+        return []
+    return [(align, "forward", _split_roi_align(align, threads))
+            for pooler in poolers if pooler is not None
+            for align in getattr(pooler, "level_poolers", [])
+            if hasattr(align, "aligned")]

@@ -120,7 +120,7 @@ def test_fast_sem_seg_equals_detectron2s(val_root):
     from detectron2.evaluation import SemSegEvaluator
 
     from panoptic_ext.evaluation import FastSemSegEvaluator
-    from panoptic_ext.evaluation.sem_seg import class_argmax
+    from panoptic_ext.modeling.postprocess import class_argmax
 
     torch.manual_seed(0)
     inputs, outputs = [], []

@@ -1,5 +1,6 @@
 """Inference speed-ups: folded norms, channels_last and reduced precision change only low bits,
-follow weight changes, and leave nothing patched outside inference."""
+follow weight changes, and leave nothing patched outside inference; ROIAlign over threads gives
+the same bits."""
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from panoptic_ext.modeling.inference_opts import (
     check_precision,
     float_outputs,
     foldable,
+    parallel_roi_align,
     shadowed,
 )
 
@@ -137,3 +139,28 @@ def test_fast_modes_close_to_exact_and_follow_weight_changes(model):
         for net in (m, exact):
             net.backbone.bottom_up.stem.conv1.norm.weight.mul_(2.0)
     assert "forward" not in m.backbone.bottom_up.stem.conv1.__dict__
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_roi_align_is_bit_identical(threads):
+    from detectron2.modeling.poolers import ROIPooler
+
+    pooler = ROIPooler((7, 7), (1 / 4, 1 / 8), 0, "ROIAlignV2")
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2, 8, 40, 48, generator=gen), torch.randn(2, 8, 20, 24, generator=gen)]
+    align = pooler.level_poolers[0]
+    for n in (5, 50):  # 5: too few to split; 50: dealt out to the threads
+        xy = torch.rand(n, 2, generator=gen) * 150
+        rois = torch.cat([torch.randint(0, 2, (n, 1), generator=gen).float(), xy,
+                          xy + 2 + torch.rand(n, 2, generator=gen) * 60], dim=1)
+        want = align(feats[0], rois)
+        patches = parallel_roi_align([pooler, None], threads)
+        assert len(patches) == 2
+        with shadowed(patches):
+            got = align(feats[0], rois)
+            feat = feats[0].clone().requires_grad_()
+            with_grad = align(feat, rois)  # the caller's grad mode reaches the threads
+        assert torch.equal(got, want)
+        assert with_grad.requires_grad and torch.equal(with_grad.detach(), want)
+        assert "forward" not in align.__dict__
+    assert parallel_roi_align([pooler], 1) == []

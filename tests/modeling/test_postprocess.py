@@ -12,6 +12,7 @@ from detectron2.structures import Boxes, Instances
 
 from panoptic_ext.modeling.postprocess import (
     _source_index,
+    class_argmax,
     panoptic_from_detections,
     paste_for_merge,
     paste_mask_crop,
@@ -225,3 +226,19 @@ def test_tensor_form_equals_eager_inference(model):
             assert got[6].tolist() == [int((pan == s["id"]).sum()) for s in segs]
         things += sum(s["isthing"] for s in segs)
     assert things > 5
+
+
+def test_class_argmax_is_torch_argmax():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (5, 30, 41), generator=gen).float()  # ties: first max wins
+    view = scores[:, 2:25, 3:40]  # non-contiguous, as semantic_resize returns it
+    for x in (scores, view):
+        assert torch.equal(class_argmax(x), x.argmax(dim=0))
+    scores[3, 4, 5] = float("nan")  # NaN counts as the largest, as in torch
+    assert torch.equal(class_argmax(scores), scores.argmax(dim=0))
+
+
+def test_semantic_resize_at_the_same_size_is_a_view():
+    logits = torch.randn(3, 36, 44)
+    out = semantic_resize(logits, (30, 40), (30, 40))
+    assert out.data_ptr() == logits.data_ptr() and torch.equal(out, logits[:, :30, :40])
