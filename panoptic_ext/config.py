@@ -39,8 +39,9 @@ def add_panoptic_config(cfg: CN) -> CN:
     # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).
     cfg.TEST.PRECISION = "fp32"
     # Who runs the dense parts at inference: "torch", "openvino", "onnxruntime" (ONNX graphs
-    # exported from the loaded weights, CPU only) or "auto" (OpenVINO, else ONNX Runtime, on CPU).
-    cfg.TEST.RUNTIME = "torch"
+    # exported from the loaded weights, CPU only) or "auto" (OpenVINO, else ONNX Runtime, on
+    # CPU, each build checked against torch on its first input; torch on other devices).
+    cfg.TEST.RUNTIME = "auto"
     # Keep each evaluated dataset's COCO panoptic predictions (inference/<dataset>/predictions*).
     cfg.TEST.SAVE_PREDICTIONS = False
     # Who scores PQ: "auto" (the evaluator in memory; files: hotcoco where it gives

@@ -25,6 +25,12 @@ def pytest_configure(config):
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="panoptic_ext_test_cache_")
     # Tools are scripts; tests run them as subprocesses with the same interpreter.
     os.environ.setdefault("PANOPTIC_EXT_PYTHON", sys.executable)
+    # TEST.RUNTIME "auto" means torch here (subprocesses too): hundreds of short-lived models
+    # would each pay an ONNX export and compile. The compiled runtimes and "auto" itself are
+    # tested explicitly (tests/modeling/test_runtime.py).
+    from panoptic_ext.modeling.runtime import AUTO_RUNTIME_ENV
+
+    os.environ.setdefault(AUTO_RUNTIME_ENV, "torch")
 
 
 @pytest.fixture(autouse=True)

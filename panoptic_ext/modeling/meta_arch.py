@@ -30,11 +30,13 @@ from .inference_opts import (
     check_precision,
     convert_channels_last,
     float_outputs,
+    parallel_roi_align,
     shadowed,
 )
 from .loss_balancing import build_loss_balancer
 from .postprocess import (
     MergeInputs,
+    class_argmax,
     intra_op_threads,
     paste_for_merge,
     semantic_argmax,
@@ -76,7 +78,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         fuse_norm: bool = True,
         postprocess_threads: int = 1,
         precision: str = "fp32",
-        runtime: str = "torch",
+        runtime: str = "auto",
         outputs: Sequence[str] = _OUTPUTS,
         **kwargs,
     ):
@@ -256,7 +258,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
         images = self.preprocess_image(batched_inputs)
         engine = self._compiled_runtime()
-        if engine is not None:
+        if engine is not None and engine.ready(self, images.tensor):
             return self._run_compiled(engine, images, full_sem)
         sem_small = sem_full = None
         with self._inference_precision():
@@ -274,7 +276,8 @@ class PanopticFPNExt(GeneralizedRCNN):
             proposals, _ = self.proposal_generator(images, features, None)
             if self.channels_last:  # ROIAlign copies to NCHW on every call: copy once
                 features = {k: v.contiguous() for k, v in features.items()}
-            detections, _ = self.roi_heads(images, features, proposals, None)
+            with shadowed(self._roi_align_patches()):
+                detections, _ = self.roi_heads(images, features, proposals, None)
         del features
         if sem_small is not None and full_sem:
             sem_full = self._upsample(sem_small)
@@ -290,8 +293,11 @@ class PanopticFPNExt(GeneralizedRCNN):
         if name == "torch":
             return None
         engine = self._compiled
-        if engine is None or (engine.runtime, engine.precision) != (name, self.precision):
-            engine = self._compiled = CompiledRuntime(name, self.precision, reuse=engine)
+        verify = self.runtime == "auto"
+        if engine is None or (engine.runtime, engine.precision, engine.verify) != (
+                name, self.precision, verify):
+            engine = self._compiled = CompiledRuntime(name, self.precision, reuse=engine,
+                                                      verify=verify)
         return engine
 
     def _run_compiled(self, engine: CompiledRuntime, images: ImageList,
@@ -299,7 +305,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         """`_run_network` with the dense parts (backbone + FPN, semantic head, RPN head, box
         and mask heads) run by `engine`; proposals, NMS, ROIAlign stay torch's."""
         sem_small, features, objectness, deltas = engine.dense(self, images.tensor)
-        with shadowed(engine.head_patches(self, objectness, deltas)):
+        with shadowed(engine.head_patches(self, objectness, deltas) + self._roi_align_patches()):
             proposals, _ = self.proposal_generator(images, features, None)
             detections, _ = self.roi_heads(images, features, proposals, None)
         del features
@@ -334,7 +340,7 @@ class PanopticFPNExt(GeneralizedRCNN):
             if panoptic:
                 labels = (semantic_argmax(net.sem_small[i], stride, image_size, (height, width),
                                           full=sem_r, threads=threads)
-                          if fast_sem else sem_r.argmax(dim=0))
+                          if fast_sem else class_argmax(sem_r))
         elif panoptic:
             labels = semantic_argmax(net.sem_small[i], stride, image_size, (height, width),
                                      threads=threads)
@@ -370,6 +376,14 @@ class PanopticFPNExt(GeneralizedRCNN):
         Detectron2's full-size, batched pasting and the whole-tensor merge (same result)."""
         return (self.fast_inference and self.device.type == "cpu"
                 and hasattr(self.combine, "combine_crops"))
+
+    def _roi_align_patches(self) -> list[Patch]:
+        """The ROI heads' CPU ROIAlign spread over torch's threads (the same numbers)."""
+        if not (self.fast_inference and self.device.type == "cpu"):
+            return []
+        rh = self.roi_heads
+        return parallel_roi_align([getattr(rh, "box_pooler", None),
+                                   getattr(rh, "mask_pooler", None)], torch.get_num_threads())
 
     def _mask_score_thresh(self) -> float:
         return getattr(self.combine, "score_thresh", -float("inf"))

@@ -12,6 +12,8 @@ inference call (so every checkpoint works, nothing is downloaded), compiled by t
 dynamic shapes, and rebuilt when any weight changes (keyed on the tensors' in-place version
 counters, as the folded norms are: training steps and `load_state_dict` bump them). Only the
 dense parts run there; proposal selection, NMS, ROIAlign, pasting and the merge stay in torch.
+With TEST.RUNTIME "auto" (the default) each build is checked against torch on its first input
+and refused (torch runs instead, with a warning) if the outputs disagree.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +35,7 @@ from torch import nn
 from ..apps.onnx_pipeline import keep_signal_stack  # torch-free, shared with the runner
 
 __all__ = [
+    "AUTO_RUNTIME_ENV",
     "ONNX_OPSET",
     "RUNTIMES",
     "CompiledRuntime",
@@ -158,6 +162,12 @@ def onnx_bytes(
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 _COMPILED = ("openvino", "onnxruntime")  # "auto" order: fastest first (see docs/speed.md)
+# What "auto" means when set (e.g. "torch" where many short-lived models would each pay the
+# export and compile: the test suite sets it).
+AUTO_RUNTIME_ENV = "PANOPTIC_EXT_AUTO_RUNTIME"
+# "auto" refuses a build whose dense outputs differ from torch's by more than this fraction of
+# each output's largest magnitude (fp32 graphs differ by ~1e-6; a wrong graph by ~1).
+_AUTO_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 
 def check_runtime(runtime: str) -> str:
@@ -177,7 +187,8 @@ _fallback_logged: set[str] = set()
 
 def resolve_runtime(runtime: str, device_type: str) -> str:
     """What TEST.RUNTIME `runtime` means on `device_type`: "torch", "openvino" or
-    "onnxruntime". "auto" is the fastest installed compiled runtime on CPU and torch elsewhere;
+    "onnxruntime". "auto" is the fastest installed compiled runtime on CPU (or the one the
+    environment variable AUTO_RUNTIME_ENV names) and torch elsewhere;
     a requested runtime that is not installed (or a non-CPU device) falls back to torch with a
     logged line."""
     check_runtime(runtime)
@@ -191,6 +202,12 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
         return "torch"
     installed = available_runtimes()
     if runtime == "auto":
+        forced = os.environ.get(AUTO_RUNTIME_ENV, "")
+        if forced and forced != "auto":
+            if forced not in RUNTIMES:
+                raise ValueError(f"environment variable {AUTO_RUNTIME_ENV}={forced!r}: must be one "
+                                 f"of {list(RUNTIMES)} (or unset)")
+            return resolve_runtime(forced, device_type)
         return installed[0] if installed else "torch"
     if runtime not in installed:
         if runtime not in _fallback_logged:
@@ -252,13 +269,16 @@ class CompiledRuntime:
     weight changes."""
 
     def __init__(self, runtime: str, precision: str = "fp32",
-                 reuse: CompiledRuntime | None = None):
+                 reuse: CompiledRuntime | None = None, verify: bool = False):
         """`reuse`: another instance for the same model, whose exported graphs are taken over
-        while the weights are unchanged (switching runtime or precision compiles only)."""
+        while the weights are unchanged (switching runtime or precision compiles only).
+        `verify`: check each build against torch on its first input (TEST.RUNTIME "auto")."""
         if runtime not in _COMPILED:
             raise ValueError(f"CompiledRuntime runs {_COMPILED}, got {runtime!r}")
         self.runtime = runtime
         self.precision = precision
+        self.verify = verify
+        self.refused: str | None = None  # why the last build failed `verify`
         self._key: tuple | None = None
         self._engines: dict[str, _Engine] = {}
         self._blobs: dict[str, bytes] = {} if reuse is None else reuse._blobs
@@ -266,7 +286,8 @@ class CompiledRuntime:
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies (deepcopy, pickle) leave the compiled engines behind; they rebuild lazily."""
-        return {**self.__dict__, "_key": None, "_engines": {}, "_blob_key": None, "_blobs": {}}
+        return {**self.__dict__, "_key": None, "_engines": {}, "_blob_key": None, "_blobs": {},
+                "refused": None}
 
     @staticmethod
     def _weights_key(model: nn.Module) -> tuple:
@@ -288,6 +309,43 @@ class CompiledRuntime:
         logger.info(f"TEST.RUNTIME {self.runtime} ({self.precision}): graphs exported in "
                     f"{t1 - t0:.1f} s, compiled in {time.perf_counter() - t1:.1f} s "
                     "(dynamic shapes: once per weights)")
+        self.refused = None
+        if self.verify:
+            self.refused, worst = self._disagreement(model, x)
+            if self.refused is None:
+                logger.info(f"TEST.RUNTIME auto: {self.runtime} agrees with torch on the first "
+                            f"input (largest difference {worst:.1e} of an output's range)")
+            else:
+                logger.warning(f"TEST.RUNTIME auto: {self.runtime} disagrees with torch "
+                               f"({self.refused}); torch runs this model's dense parts instead "
+                               "(checked again when the weights change)")
+
+    def _disagreement(self, model: nn.Module, x: torch.Tensor) -> tuple[str | None, float]:
+        """(None, largest relative difference) if the compiled dense graph gives torch's
+        outputs on `x` within _AUTO_TOLERANCE, else (what differs, that difference)."""
+        graph = DenseGraph(model, full_semantic=False).eval()
+        with torch.no_grad(), folded_norms(model):
+            want = graph(x)
+        got = self._engines["dense"](_np(x))
+        tol = _AUTO_TOLERANCE.get(self.precision, max(_AUTO_TOLERANCE.values()))
+        worst = 0.0
+        for name, ref, out in zip(graph.output_names(), want, got, strict=True):
+            ref, out = ref.float(), torch.from_numpy(out)
+            if ref.shape != out.shape:
+                return f"{name}: shape {tuple(out.shape)}, torch {tuple(ref.shape)}", float("inf")
+            diff = float((out - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
+            if not diff <= tol:  # NaN fails too
+                return (f"{name}: largest difference {diff:.2g} of its range, tolerance "
+                        f"{tol:g}"), diff
+            worst = max(worst, diff)
+        return None, worst
+
+    def ready(self, model: nn.Module, x: torch.Tensor) -> bool:
+        """Build from the current weights if they changed (`x`: the batch it is for); False
+        when `verify` refused the build, and torch should run."""
+        if self._key is None or self._key != self._weights_key(model):
+            self._build(model, x)
+        return self.refused is None
 
     @staticmethod
     def _export(model: nn.Module, x: torch.Tensor) -> dict[str, bytes]:
@@ -317,8 +375,8 @@ class CompiledRuntime:
             torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """(semantic logits at 1/common_stride, ROI features by name, RPN objectness and deltas
         per level) of the padded, normalized batch `x`, by the compiled dense graph."""
-        if self._key is None or self._key != self._weights_key(model):
-            self._build(model, x)
+        if not self.ready(model, x):
+            raise RuntimeError(f"{self.runtime} was refused for this model: {self.refused}")
         outs = [torch.from_numpy(o) for o in self._engines["dense"](_np(x))]
         names = DenseGraph(model).feature_names
         n_rpn = len(model.proposal_generator.in_features)

@@ -1,5 +1,8 @@
 """TEST.RUNTIME: the dense parts run by OpenVINO / ONNX Runtime give torch's panoptic output,
-bf16 maps to OpenVINO's precision hint, a missing runtime falls back to torch, bad values fail."""
+bf16 maps to OpenVINO's precision hint, a missing runtime falls back to torch, "auto" picks the
+fastest installed one and refuses a build that disagrees with torch, bad values fail.
+
+The suite sets AUTO_RUNTIME_ENV=torch (conftest); tests of "auto" itself unset it."""
 
 import logging
 
@@ -94,6 +97,7 @@ def test_bf16_maps_to_the_openvino_hint(small, monkeypatch):
 
 
 def test_missing_runtime_falls_back_to_torch(small, monkeypatch, caplog):
+    monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
     model, inputs, ref = small
     real = runtime.importlib.util.find_spec
     monkeypatch.setattr(runtime.importlib.util, "find_spec",
@@ -119,3 +123,53 @@ def test_bad_runtime_names_the_key():
         build_model(cfg)
     with pytest.raises(ValueError, match="CompiledRuntime runs"):
         CompiledRuntime("torch")
+
+
+def test_auto_picks_the_fastest_installed_runtime(monkeypatch):
+    monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_runtimes", lambda: ["openvino", "onnxruntime"])
+    assert resolve_runtime("auto", "cpu") == "openvino"
+    assert resolve_runtime("auto", "cuda") == "torch"
+    monkeypatch.setattr(runtime, "available_runtimes", lambda: ["onnxruntime"])
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    monkeypatch.setenv(runtime.AUTO_RUNTIME_ENV, "torch")
+    assert resolve_runtime("auto", "cpu") == "torch"
+    assert resolve_runtime("openvino", "cpu") == "torch"  # not installed (as patched)
+    monkeypatch.setenv(runtime.AUTO_RUNTIME_ENV, "onnxruntime")
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    monkeypatch.setenv(runtime.AUTO_RUNTIME_ENV, "tensorrt")
+    with pytest.raises(ValueError, match=f"{runtime.AUTO_RUNTIME_ENV}='tensorrt'"):
+        resolve_runtime("auto", "cpu")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_runtimes", lambda: ["onnxruntime"])
+    model, inputs, ref = small
+    monkeypatch.setattr(model, "runtime", "auto")
+    monkeypatch.setattr(model, "_compiled", None)
+    if broken:  # a graph that computes something else: its semantic logits are off
+        call = runtime._Engine.__call__
+
+        def wrong(self, *arrays):
+            outs = call(self, *arrays)
+            return [outs[0] + 1.0, *outs[1:]] if len(outs) > 3 else outs
+
+        monkeypatch.setattr(runtime._Engine, "__call__", wrong)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.modeling.runtime"):
+        out = model(inputs)
+        again = model(inputs)  # same weights: neither rebuilt nor checked again
+    engine = model._compiled
+    assert engine is not None and engine.verify and engine.runtime == "onnxruntime"
+    assert sum("compiled in" in r.getMessage() for r in caplog.records) == 1
+    if broken:
+        assert engine.refused is not None and "sem_seg" in engine.refused
+        assert "disagrees with torch" in caplog.text
+        assert _agreement(ref, out) == 1.0 and _agreement(ref, again) == 1.0  # torch ran
+        with pytest.raises(RuntimeError, match="refused"):
+            engine.dense(model, torch.zeros(1, 3, 64, 64))
+    else:
+        assert engine.refused is None and "agrees with torch" in caplog.text
+        assert _agreement(ref, out) >= 0.999
