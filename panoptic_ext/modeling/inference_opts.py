@@ -175,6 +175,12 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _recording() -> bool:
+    """Whether a tracer (torch.jit.trace, the ONNX exporter) or torch.compile is recording ops:
+    both only see the calling thread."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def _split_roi_align(align: nn.Module, threads: int) -> Callable:
     """`align`'s forward with its boxes dealt round-robin to `threads` threads. torchvision's
     CPU ROIAlign runs on one core and releases the GIL; each box is pooled independently, so
@@ -184,7 +190,7 @@ def _split_roi_align(align: nn.Module, threads: int) -> Callable:
     def run(input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         n = rois.shape[0]
         parts = min(threads, n // _MIN_ROIS_PER_THREAD)
-        if parts < 2:
+        if parts < 2 or _recording():  # a tracer does not see other threads' ops
             return forward(align, input, rois)
         grad = torch.is_grad_enabled()  # thread-local: carry the caller's mode over
 

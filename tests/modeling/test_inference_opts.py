@@ -164,3 +164,19 @@ def test_parallel_roi_align_is_bit_identical(threads):
         assert with_grad.requires_grad and torch.equal(with_grad.detach(), want)
         assert "forward" not in align.__dict__
     assert parallel_roi_align([pooler], 1) == []
+
+
+def test_parallel_roi_align_is_traced_whole():
+    """A trace (TorchScript, ONNX export) records only its own thread: under the patch, tracing
+    pools in the caller, so the traced graph still pools other inputs."""
+    from detectron2.modeling.poolers import ROIPooler
+
+    pooler = ROIPooler((7, 7), (1 / 4,), 0, "ROIAlignV2")
+    align = pooler.level_poolers[0]
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=gen) * 100
+    rois = torch.cat([torch.zeros(40, 1), xy, xy + 4 + torch.rand(40, 2, generator=gen) * 40], 1)
+    with shadowed(parallel_roi_align([pooler], 2)), torch.no_grad():
+        traced = torch.jit.trace(lambda f: align(f, rois), torch.randn(1, 8, 40, 48))
+    other = torch.randn(1, 8, 40, 48, generator=gen)
+    assert torch.equal(traced(other), align(other, rois))
