@@ -321,23 +321,39 @@ class CompiledRuntime:
                                "(checked again when the weights change)")
 
     def _disagreement(self, model: nn.Module, x: torch.Tensor) -> tuple[str | None, float]:
-        """(None, largest relative difference) if the compiled dense graph gives torch's
-        outputs on `x` within _AUTO_TOLERANCE, else (what differs, that difference)."""
-        graph = DenseGraph(model, full_semantic=False).eval()
-        with torch.no_grad(), folded_norms(model):
-            want = graph(x)
-        got = self._engines["dense"](_np(x))
+        """(None, largest relative difference) if the compiled graphs give torch's outputs
+        within _AUTO_TOLERANCE (the dense graph on `x`, the box and mask heads on seeded
+        random pooled features), else (what differs, that difference)."""
+        rh = model.roi_heads
+        dense = DenseGraph(model, full_semantic=False).eval()
+        checks: list[tuple[str, nn.Module, torch.Tensor, list[str]]] = [
+            ("dense", dense, x, dense.output_names())]
+        gen = torch.Generator().manual_seed(0)
+        channels = model.backbone.output_shape()[rh.box_in_features[0]].channels
+        heads = [("box", RoiHeadGraph(rh.box_head, rh.box_predictor), rh.box_pooler,
+                  ["class_logits", "box_deltas"])]
+        if "mask" in self._engines:
+            heads.append(("mask", RoiHeadGraph(rh.mask_head), rh.mask_pooler, ["mask_logits"]))
+        for key, head, pooler, names in heads:
+            pooled = torch.randn((4, channels, *pooler.output_size), generator=gen)
+            checks.append((key, head.eval(), pooled, [f"{key} head {n}" for n in names]))
         tol = _AUTO_TOLERANCE.get(self.precision, max(_AUTO_TOLERANCE.values()))
         worst = 0.0
-        for name, ref, out in zip(graph.output_names(), want, got, strict=True):
-            ref, out = ref.float(), torch.from_numpy(out)
-            if ref.shape != out.shape:
-                return f"{name}: shape {tuple(out.shape)}, torch {tuple(ref.shape)}", float("inf")
-            diff = float((out - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
-            if not diff <= tol:  # NaN fails too
-                return (f"{name}: largest difference {diff:.2g} of its range, tolerance "
-                        f"{tol:g}"), diff
-            worst = max(worst, diff)
+        for key, graph, inp, names in checks:
+            with torch.no_grad(), folded_norms(model):
+                want = graph(inp)
+            want = want if isinstance(want, (tuple, list)) else (want,)
+            got = self._engines[key](_np(inp))
+            for name, ref, out in zip(names, want, got, strict=True):
+                ref, out = ref.float(), torch.from_numpy(out)
+                if ref.shape != out.shape:
+                    return (f"{name}: shape {tuple(out.shape)}, torch {tuple(ref.shape)}",
+                            float("inf"))
+                diff = float((out - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
+                if not diff <= tol:  # NaN fails too
+                    return (f"{name}: largest difference {diff:.2g} of its range, tolerance "
+                            f"{tol:g}"), diff
+                worst = max(worst, diff)
         return None, worst
 
     def ready(self, model: nn.Module, x: torch.Tensor) -> bool:

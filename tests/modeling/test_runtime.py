@@ -142,7 +142,7 @@ def test_auto_picks_the_fastest_installed_runtime(monkeypatch):
         resolve_runtime("auto", "cpu")
 
 
-@pytest.mark.parametrize("broken", [False, True])
+@pytest.mark.parametrize("broken", [None, "dense", "mask"])
 def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
     monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
@@ -150,12 +150,13 @@ def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog
     model, inputs, ref = small
     monkeypatch.setattr(model, "runtime", "auto")
     monkeypatch.setattr(model, "_compiled", None)
-    if broken:  # a graph that computes something else: its semantic logits are off
+    if broken:  # a graph that computes something else: its first output is off
         call = runtime._Engine.__call__
+        engines = {"dense": lambda outs: len(outs) > 3, "mask": lambda outs: len(outs) == 1}
 
         def wrong(self, *arrays):
             outs = call(self, *arrays)
-            return [outs[0] + 1.0, *outs[1:]] if len(outs) > 3 else outs
+            return [outs[0] + 1.0, *outs[1:]] if engines[broken](outs) else outs
 
         monkeypatch.setattr(runtime._Engine, "__call__", wrong)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.modeling.runtime"):
@@ -165,7 +166,8 @@ def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog
     assert engine is not None and engine.verify and engine.runtime == "onnxruntime"
     assert sum("compiled in" in r.getMessage() for r in caplog.records) == 1
     if broken:
-        assert engine.refused is not None and "sem_seg" in engine.refused
+        assert engine.refused is not None
+        assert ("sem_seg" if broken == "dense" else "mask head mask_logits") in engine.refused
         assert "disagrees with torch" in caplog.text
         assert _agreement(ref, out) == 1.0 and _agreement(ref, again) == 1.0  # torch ran
         with pytest.raises(RuntimeError, match="refused"):
