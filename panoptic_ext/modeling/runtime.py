@@ -76,8 +76,9 @@ def check_exportable(model: nn.Module) -> None:
         problems.append("square padding (padding_constraints square_size) is not supported")
     for pooler in [rh.box_pooler, getattr(rh, "mask_pooler", None)]:
         for p in getattr(pooler, "level_poolers", []):
-            if not hasattr(p, "aligned"):
-                problems.append(f"pooler {type(p).__name__} is not ROIAlign/ROIAlignV2")
+            problem = f"pooler {type(p).__name__} is not ROIAlign/ROIAlignV2"
+            if not hasattr(p, "aligned") and problem not in problems:
+                problems.append(problem)
     if problems:
         raise TypeError("ONNX export/runtime does not support this model: " + "; ".join(problems))
 
@@ -295,9 +296,33 @@ class CompiledRuntime:
                      for t in (*model.parameters(), *model.buffers()))
 
     def _build(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Export the graphs from the current weights (norms folded) and compile them."""
-        t0 = time.perf_counter()
+        """Export the graphs from the current weights (norms folded) and compile them. With
+        `verify`, a model the graphs do not cover or an engine that fails is refused (torch
+        runs) instead of raising: "auto" must never break a model torch runs."""
         key = self._weights_key(model)
+        self._key = key
+        self.refused = None
+        try:
+            self._export_and_compile(model, x, key)
+        except Exception as e:  # noqa: BLE001 - any failure of an optional engine
+            if not self.verify:
+                raise
+            self._engines = {}
+            self.refused = f"export or compile failed: {type(e).__name__}: {e}"
+        else:
+            if self.verify:
+                self.refused, worst = self._disagreement(model, x)
+                if self.refused is None:
+                    logger.info(f"TEST.RUNTIME auto: {self.runtime} agrees with torch on the "
+                                f"first input (largest difference {worst:.1e} of an output's "
+                                "range)")
+        if self.refused is not None:
+            logger.warning(f"TEST.RUNTIME auto: {self.runtime} refused ({self.refused}); torch "
+                           "runs this model's dense parts instead (checked again when the "
+                           "weights change; TEST.RUNTIME torch skips the attempt)")
+
+    def _export_and_compile(self, model: nn.Module, x: torch.Tensor, key: tuple) -> None:
+        t0 = time.perf_counter()
         if self._blob_key != key:
             self._blobs = self._export(model, x)
             self._blob_key = key
@@ -305,20 +330,9 @@ class CompiledRuntime:
         threads = torch.get_num_threads()
         self._engines = {k: _Engine(self.runtime, b, self.precision, threads)
                          for k, b in self._blobs.items()}
-        self._key = key
         logger.info(f"TEST.RUNTIME {self.runtime} ({self.precision}): graphs exported in "
                     f"{t1 - t0:.1f} s, compiled in {time.perf_counter() - t1:.1f} s "
                     "(dynamic shapes: once per weights)")
-        self.refused = None
-        if self.verify:
-            self.refused, worst = self._disagreement(model, x)
-            if self.refused is None:
-                logger.info(f"TEST.RUNTIME auto: {self.runtime} agrees with torch on the first "
-                            f"input (largest difference {worst:.1e} of an output's range)")
-            else:
-                logger.warning(f"TEST.RUNTIME auto: {self.runtime} disagrees with torch "
-                               f"({self.refused}); torch runs this model's dense parts instead "
-                               "(checked again when the weights change)")
 
     def _disagreement(self, model: nn.Module, x: torch.Tensor) -> tuple[str | None, float]:
         """(None, largest relative difference) if the compiled graphs give torch's outputs

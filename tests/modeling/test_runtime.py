@@ -168,10 +168,34 @@ def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog
     if broken:
         assert engine.refused is not None
         assert ("sem_seg" if broken == "dense" else "mask head mask_logits") in engine.refused
-        assert "disagrees with torch" in caplog.text
+        assert "refused" in caplog.text and "torch runs" in caplog.text
         assert _agreement(ref, out) == 1.0 and _agreement(ref, again) == 1.0  # torch ran
         with pytest.raises(RuntimeError, match="refused"):
             engine.dense(model, torch.zeros(1, 3, 64, 64))
     else:
         assert engine.refused is None and "agrees with torch" in caplog.text
         assert _agreement(ref, out) >= 0.999
+
+
+def test_auto_refuses_a_model_the_graphs_do_not_cover(monkeypatch, caplog):
+    """ROIPool (no ONNX RoiAlign form): "auto" runs torch with a warning, an explicit runtime
+    says what is unsupported."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_runtimes", lambda: ["onnxruntime"])
+    torch.manual_seed(0)
+    model = build_model(synthetic_cfg([*SMALL, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool",
+                                       "TEST.RUNTIME", "auto"])).eval()
+    inputs = [{"image": torch.randint(0, 256, (3, 64, 80)).float()}]
+    with torch.no_grad():
+        monkeypatch.setattr(model, "runtime", "torch")
+        ref = model(inputs)
+        monkeypatch.setattr(model, "runtime", "auto")
+        with caplog.at_level(logging.WARNING, logger="panoptic_ext.modeling.runtime"):
+            out = model(inputs)
+        assert "export or compile failed" in model._compiled.refused
+        assert "pooler RoIPool is not" in caplog.text and "torch runs" in caplog.text
+        assert _agreement(ref, out) == 1.0
+        monkeypatch.setattr(model, "runtime", "onnxruntime")
+        with pytest.raises(TypeError, match="does not support this model"):
+            model(inputs)
