@@ -31,7 +31,7 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -263,6 +263,39 @@ def _copy_runner(output_dir: str, fmt: str) -> None:
         shutil.copyfile(os.path.join(_HERE, name), os.path.join(output_dir, name))
 
 
+class _Sample(NamedTuple):
+    """The image an export traces and checks with, as the predictor feeds it."""
+
+    path: str
+    image: Tensor
+    out_size: Tensor
+    num_detections: int
+
+    def report(self, output_dir: str, comparison: tuple[bool, float, int]) -> ExportReport:
+        """The ExportReport of an export checked on this sample: (identical, pixel agreement,
+        segment count) from `compare_with_eager` / `compare_onnx_with_eager`."""
+        same, agreement, num_segments = comparison
+        return ExportReport(
+            output_dir=output_dir,
+            sample_image=self.path,
+            input_size=(int(self.image.shape[1]), int(self.image.shape[2])),
+            num_segments=num_segments,
+            num_detections=self.num_detections,
+            identical=same,
+            pixel_agreement=agreement,
+        )
+
+
+def _sample_input(cfg: CfgNode, model: nn.Module, sample_image: str | None) -> _Sample:
+    """The sample image (default: the first of DATASETS.TEST[0]) preprocessed like
+    DefaultPredictor, and how many detections the eager model gives on it."""
+    path = _sample_image(cfg, sample_image)
+    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
+    with torch.no_grad():
+        num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
+    return _Sample(path, image, out_size, num_det)
+
+
 def export_torchscript(
     cfg: CfgNode, output_dir: str, sample_image: str | None = None
 ) -> ExportReport:
@@ -272,16 +305,13 @@ def export_torchscript(
     cfg, meta, model = _model_for_export(cfg)
     module = PanopticExportModule(model).eval()
 
-    path = _sample_image(cfg, sample_image)
-    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
-    with torch.no_grad():
-        num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
-    if num_det == 0:
-        logger.warning(f"{path} gives no detection: the instance branch is traced on an empty "
-                       "set; trace with an image that has detections (--sample-image)")
+    sample = _sample_input(cfg, model, sample_image)
+    if sample.num_detections == 0:
+        logger.warning(f"{sample.path} gives no detection: the instance branch is traced on an "
+                       "empty set; trace with an image that has detections (--sample-image)")
     with torch.no_grad(), patch_builtin_len(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python values in Detectron2
-        traced = torch.jit.trace(module, (image, out_size), check_trace=False)
+        traced = torch.jit.trace(module, (sample.image, sample.out_size), check_trace=False)
 
     os.makedirs(output_dir, exist_ok=True)
     traced.save(os.path.join(output_dir, EXPORT_FILES["model"]))
@@ -290,16 +320,8 @@ def export_torchscript(
     _copy_runner(output_dir, "torchscript")
 
     loaded = torch.jit.load(os.path.join(output_dir, EXPORT_FILES["model"]))
-    same, agreement, num_segments = compare_with_eager(model, loaded, image, out_size)
-    return ExportReport(
-        output_dir=output_dir,
-        sample_image=path,
-        input_size=(int(image.shape[1]), int(image.shape[2])),
-        num_segments=num_segments,
-        num_detections=num_det,
-        identical=same,
-        pixel_agreement=agreement,
-    )
+    return sample.report(output_dir, compare_with_eager(model, loaded, sample.image,
+                                                        sample.out_size))
 
 
 # ---- ONNX --------------------------------------------------------------------------------
@@ -459,14 +481,11 @@ def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
     cfg, meta, model = _model_for_export(cfg)
     check_exportable(model)
     thresholds = PanopticExportModule(model)  # validates the merge; holds its thresholds
-    path = _sample_image(cfg, sample_image)
-    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
-    with torch.no_grad():
-        num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
+    sample = _sample_input(cfg, model, sample_image)
 
     os.makedirs(output_dir, exist_ok=True)
     logger.info(f"Exporting ONNX graphs (opset {ONNX_OPSET}) to {output_dir}")
-    has_mask, resolution = _write_onnx_graphs(model, image, output_dir)
+    has_mask, resolution = _write_onnx_graphs(model, sample.image, output_dir)
     info = _export_info(cfg, thresholds, meta)
     info["format_version"] = 2
     info["onnx"] = _onnx_spec(model, has_mask, resolution)
@@ -476,13 +495,5 @@ def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
         info = convert_to_openvino(output_dir)
 
     runner = onnx_pipeline.OnnxPanoptic(output_dir, info)
-    same, agreement, num_segments = compare_onnx_with_eager(model, runner, image, out_size)
-    return ExportReport(
-        output_dir=output_dir,
-        sample_image=path,
-        input_size=(int(image.shape[1]), int(image.shape[2])),
-        num_segments=num_segments,
-        num_detections=num_det,
-        identical=same,
-        pixel_agreement=agreement,
-    )
+    return sample.report(output_dir, compare_onnx_with_eager(model, runner, sample.image,
+                                                             sample.out_size))
