@@ -97,6 +97,10 @@ class _CityscapesEvaluator(DatasetEvaluator):
 
     _kind = ""  # work folder suffix and log name
     _gt_suffix = ""  # ground truth files: gt_dir/<city>/*<suffix>
+    _script = ""  # the cityscapesscripts.evaluation module that scores
+    _pred_suffix = ""  # prediction files: work/<image id><suffix>
+    _metric = ""  # what the logs call the result
+    _result_key = ""  # results under "cityscapes_<key>"
 
     def __init__(self, dataset_name: str, output_dir: str | None = None) -> None:
         self._dataset_name = dataset_name
@@ -158,6 +162,37 @@ class _CityscapesEvaluator(DatasetEvaluator):
             raise ImportError(f"Cityscapes {self._kind} evaluation needs the "
                               f"'cityscapesscripts' package: {_INSTALL_HINT} ({exc})") from exc
 
+    def evaluate(self) -> OrderedDict | None:
+        """Score the written predictions with cityscapesScripts on the main process; the
+        prediction files are removed afterwards, whatever happens."""
+        comm.synchronize()
+        if not comm.is_main_process():
+            return None
+        try:
+            cs = self._import(self._script)
+            preds, gts = self._pairs(self._pred_suffix)
+            if not gts:
+                logger.warning(f"No predictions to score for Cityscapes {self._metric}.")
+                return OrderedDict()
+            args = cs.args  # the script's settings; the rest keep its defaults
+            args.predictionPath = os.path.abspath(self._work)
+            args.quiet = True
+            start = time.perf_counter()
+            logger.info(f"Cityscapes {self._metric} on {len(gts)} images ({self._dataset_name})")
+            res = self._score(cs, args, preds, gts)
+        finally:
+            self._finish()
+        logger.info(f"Cityscapes {self._summary(res)} ({time.perf_counter() - start:.1f} s)")
+        return OrderedDict({f"cityscapes_{self._result_key}": res})
+
+    def _score(self, cs: Any, args: Any, preds: list[str], gts: list[str]) -> dict[str, float]:
+        """The script `cs` run on the (prediction, ground truth) lists: the results dict."""
+        raise NotImplementedError
+
+    def _summary(self, res: dict[str, float]) -> str:
+        """The headline numbers of `res`, for the log."""
+        raise NotImplementedError
+
 
 _MATCH_ARGS = ("predictionPath", "instLabels", "quiet")  # what the matching reads of args
 _IMAGES_PER_WORKER = 16  # fewer images are matched in this process (no worker start-up)
@@ -208,6 +243,10 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
 
     _kind = "instance"
     _gt_suffix = "_gtFine_instanceIds.png"
+    _script = "evalInstanceLevelSemanticLabeling"
+    _pred_suffix = "_pred.txt"
+    _metric = "instance AP"
+    _result_key = "instance_seg"
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]) -> None:
         for inp, out in zip(inputs, outputs, strict=True):
@@ -236,40 +275,25 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
             with open(os.path.join(self._work, f"{image_id}_pred.txt"), "w") as f:
                 f.writelines(lines)  # an image without instances still needs its file
 
-    def evaluate(self) -> OrderedDict | None:
-        comm.synchronize()
-        if not comm.is_main_process():
-            return None
-        try:
-            cs = self._import("evalInstanceLevelSemanticLabeling")
-            preds, gts = self._pairs("_pred.txt")
-            if not gts:
-                logger.warning("No predictions to score for Cityscapes instance AP.")
-                return OrderedDict()
-            args = cs.args  # the script's settings; the rest keep its defaults
-            args.predictionPath = os.path.abspath(self._work)
-            args.quiet = True
-            args.distanceAvailable = False
-            start = time.perf_counter()
-            logger.info(f"Cityscapes instance AP on {len(gts)} images ({self._dataset_name})")
-            with _cityscapes_scripts("instance evaluation"):
-                # evaluateImgLists' steps, image by image in parallel, without its gtInstances
-                # and matches JSON files (the latter in the current directory)
-                cs.setInstanceLabels(args)
-                settings = {k: getattr(args, k) for k in _MATCH_ARGS}
-                matches = _match_images(settings, preds, gts)
-                averages = cs.computeAverages(cs.evaluateMatches(matches, args), args)
-        finally:
-            self._finish()
+    def _score(self, cs: Any, args: Any, preds: list[str], gts: list[str]) -> dict[str, float]:
+        args.distanceAvailable = False
+        with _cityscapes_scripts("instance evaluation"):
+            # evaluateImgLists' steps, image by image in parallel, without its gtInstances and
+            # matches JSON files (the latter in the current directory)
+            cs.setInstanceLabels(args)
+            settings = {k: getattr(args, k) for k in _MATCH_ARGS}
+            matches = _match_images(settings, preds, gts)
+            averages = cs.computeAverages(cs.evaluateMatches(matches, args), args)
         res: dict[str, float] = {"AP": 100 * float(averages["allAp"]),
                                  "AP50": 100 * float(averages["allAp50%"])}
         for name, r in averages["classes"].items():
             if not np.isnan(r["ap"]):  # NaN: no ground truth and no prediction of the class
                 res[f"AP/{name}"] = 100 * float(r["ap"])
                 res[f"AP50/{name}"] = 100 * float(r["ap50%"])
-        logger.info(f"Cityscapes instance AP {res['AP']:.2f}, AP50 {res['AP50']:.2f} "
-                    f"({time.perf_counter() - start:.1f} s)")
-        return OrderedDict({"cityscapes_instance_seg": res})
+        return res
+
+    def _summary(self, res: dict[str, float]) -> str:
+        return f"instance AP {res['AP']:.2f}, AP50 {res['AP50']:.2f}"
 
 
 class CityscapesSemSegEvaluator(_CityscapesEvaluator):
@@ -279,6 +303,10 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
 
     _kind = "semantic"
     _gt_suffix = "_gtFine_labelIds.png"
+    _script = "evalPixelLevelSemanticLabeling"
+    _pred_suffix = "_pred.png"
+    _metric = "mIoU"
+    _result_key = "sem_seg"
 
     def _label_map(self, panoptic_seg: Any, image_id: str) -> np.ndarray:
         panoptic, segments = panoptic_seg
@@ -311,32 +339,16 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
             label = self._label_map(out["panoptic_seg"], image_id)
             Image.fromarray(label).save(os.path.join(self._work, f"{image_id}_pred.png"))
 
-    def evaluate(self) -> OrderedDict | None:
-        comm.synchronize()
-        if not comm.is_main_process():
-            return None
-        try:
-            cs = self._import("evalPixelLevelSemanticLabeling")
-            preds, gts = self._pairs("_pred.png")
-            if not gts:
-                logger.warning("No predictions to score for Cityscapes mIoU.")
-                return OrderedDict()
-            args = cs.args
-            args.predictionPath = os.path.abspath(self._work)
-            args.predictionWalk = None
-            args.exportFile = os.path.join(args.predictionPath, "result.json")
-            args.JSONOutput = False
-            args.quiet = True
-            args.colorized = False
-            args.evalInstLevelScore = True
-            args.evalPixelAccuracy = False
-            args.normalized = True
-            start = time.perf_counter()
-            logger.info(f"Cityscapes mIoU on {len(gts)} images ({self._dataset_name})")
-            with _cityscapes_scripts("pixel-level evaluation"):
-                r = cs.evaluateImgLists(preds, gts, args)
-        finally:
-            self._finish()
+    def _score(self, cs: Any, args: Any, preds: list[str], gts: list[str]) -> dict[str, float]:
+        args.predictionWalk = None
+        args.exportFile = os.path.join(args.predictionPath, "result.json")
+        args.JSONOutput = False
+        args.colorized = False
+        args.evalInstLevelScore = True
+        args.evalPixelAccuracy = False
+        args.normalized = True
+        with _cityscapes_scripts("pixel-level evaluation"):
+            r = cs.evaluateImgLists(preds, gts, args)
         res: dict[str, float] = {
             "mIoU": 100 * float(r["averageScoreClasses"]),
             "iIoU": 100 * float(r["averageScoreInstClasses"]),
@@ -346,8 +358,10 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         for name, score in r["classScores"].items():
             if not np.isnan(score):  # NaN: ignored in evaluation, or absent from both
                 res[f"IoU/{name}"] = 100 * float(score)
-        logger.info(f"Cityscapes mIoU {res['mIoU']:.2f} ({time.perf_counter() - start:.1f} s)")
-        return OrderedDict({"cityscapes_sem_seg": res})
+        return res
+
+    def _summary(self, res: dict[str, float]) -> str:
+        return f"mIoU {res['mIoU']:.2f}"
 
 
 def cityscapes_evaluators(dataset_name: str, output_dir: str | None = None
