@@ -19,38 +19,58 @@ from panoptic_ext.data import rgb_to_id
 from tests.helpers.tools import SYNTHETIC_CONFIG, synthetic_cfg, tool_main, val_images
 
 
+def _export(out, images, opts, *extra) -> int:
+    """tools/export_model.py into `out`, traced on the first image: its exit code."""
+    return tool_main("export_model.py")(["--config-file", SYNTHETIC_CONFIG, "--output",
+                                          str(out), *extra, "--sample-image", images[0], *opts])
+
+
+def _odd_sized_copy(image: str, tmp_path) -> str:
+    """A 50 x 61 crop of `image`: a size the export never saw."""
+    odd = np.ascontiguousarray(read_image(image, format="RGB")[5:55, 3:])
+    Image.fromarray(odd).save(tmp_path / "odd.png")
+    return str(tmp_path / "odd.png")
+
+
+def _run_without(banned, runner, inputs, res, cwd, timeout):
+    """`runner` on `inputs` in a fresh interpreter where the `banned` packages cannot be
+    imported (and must not have been); its exit code is the process's."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {banned!r}:\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv = ['run_exported.py', *{inputs!r}, '--output', {str(res)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(runner)!r}, run_name='__main__')\n"
+        "    code = 0\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "loaded = [m for m, v in sys.modules.items() if v is not None\n"
+        f"          and m.split('.')[0] in {banned!r}]\n"
+        "assert not loaded, loaded\n"
+        "sys.exit(code)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def test_export_matches_eager_and_runs_without_detectron2(tiny_root, tiny_opts, tmp_path,
                                                           capsys):
     out = tmp_path / "exported"
     images = val_images(tiny_root)
     # every detection reaches the merge, so thing segments exist even for a 2-iteration model
     opts = [*tiny_opts, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0"]
-    rc = tool_main("export_model.py")(["--config-file", SYNTHETIC_CONFIG, "--output", str(out),
-                                       "--sample-image", images[0], *opts])
+    rc = _export(out, images, opts)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "traced == eager: True (pixel agreement 100.0000%)" in text
 
     # the runner, with Detectron2 and panoptic_ext unimportable, on another image and on one
     # of another size (resized on the way in, result at the original size)
-    odd = np.ascontiguousarray(read_image(images[1], format="RGB")[5:55, 3:])  # 50 x 61
-    Image.fromarray(odd).save(tmp_path / "odd.png")
-    inputs = [images[1], str(tmp_path / "odd.png")]
+    inputs = [images[1], _odd_sized_copy(images[1], tmp_path)]
     res = tmp_path / "res"
-    code = (
-        "import runpy, sys\n"
-        "sys.modules['detectron2'] = None; sys.modules['panoptic_ext'] = None\n"
-        f"sys.argv = ['run_exported.py', *{inputs!r}, '--output', {str(res)!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({str(out / 'run_exported.py')!r}, run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    assert not e.code, e.code\n"
-        "loaded = [m for m, v in sys.modules.items() if v is not None\n"
-        "          and m.split('.')[0] in ('detectron2', 'panoptic_ext')]\n"
-        "assert not loaded, loaded\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = _run_without(("detectron2", "panoptic_ext"), out / "run_exported.py", inputs, res,
+                        tmp_path, 120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # ... gives the eager model's panoptic result (run as DefaultPredictor runs it, which the
@@ -92,8 +112,7 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
     out = tmp_path / "onnx"
     images = val_images(tiny_root)
     opts = [*tiny_opts, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0"]
-    rc = tool_main("export_model.py")(["--config-file", SYNTHETIC_CONFIG, "--output", str(out),
-                                       "--format", "onnx", "--sample-image", images[0], *opts])
+    rc = _export(out, images, opts, "--format", "onnx")
     text = capsys.readouterr().out
     assert rc == 0, text
     agreement = float(re.search(r"onnx == eager: \w+ \(pixel agreement ([\d.]+)%\)",
@@ -105,29 +124,11 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
 
     # the runner with torch, torchvision, Detectron2 and panoptic_ext unimportable, on two val
     # images, one of another size and an unreadable file
-    odd = np.ascontiguousarray(read_image(images[1], format="RGB")[5:55, 3:])  # 50 x 61
-    Image.fromarray(odd).save(tmp_path / "odd.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    inputs = [*images, str(tmp_path / "odd.png"), str(tmp_path / "broken.jpg")]
+    inputs = [*images, _odd_sized_copy(images[1], tmp_path), str(tmp_path / "broken.jpg")]
     res = tmp_path / "res"
-    banned = ("torch", "torchvision", "detectron2", "panoptic_ext")
-    code = (
-        "import runpy, sys\n"
-        f"for name in {banned!r}:\n"
-        "    sys.modules[name] = None\n"
-        f"sys.argv = ['run_exported.py', *{inputs!r}, '--output', {str(res)!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({str(out / 'run_exported.py')!r}, run_name='__main__')\n"
-        "    code = 0\n"
-        "except SystemExit as e:\n"
-        "    code = e.code\n"
-        "loaded = [m for m, v in sys.modules.items() if v is not None\n"
-        f"          and m.split('.')[0] in {banned!r}]\n"
-        "assert not loaded, loaded\n"
-        "sys.exit(code)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = _run_without(("torch", "torchvision", "detectron2", "panoptic_ext"),
+                        out / "run_exported.py", inputs, res, tmp_path, 300)
     assert proc.returncode == 1, proc.stderr[-3000:]  # the unreadable file
     assert "cannot read image" in proc.stderr and "broken.jpg" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
