@@ -4,7 +4,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-__all__ = ["add_dataset_script_arguments", "parse_args_and_overrides"]
+__all__ = ["add_dataset_script_arguments", "parse_args_and_overrides", "size_arg"]
 
 
 def parse_args_and_overrides(
@@ -31,3 +31,14 @@ def add_dataset_script_arguments(parser: argparse.ArgumentParser, holds: str, fo
              "$DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help=force_help)
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type for an image size "HxW" (e.g. 800x1333), each side at least 32."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 800x1333, got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
+    return h, w

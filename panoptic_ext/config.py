@@ -36,6 +36,9 @@ def add_panoptic_config(cfg: CN) -> CN:
     cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING = "fixed"
     # With "uncertainty": one learned weight per "task" (semantic, instance) or per loss "term".
     cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING_GROUPS = "task"
+    # bf16 (SOLVER.AMP, TEST.PRECISION) also where the CPU only emulates it (no avx512_bf16 / AMX:
+    # ~10x slower than fp32); False runs fp32 there instead, logged. For tests of that path.
+    cfg.MODEL.PANOPTIC_EXT.EMULATED_BF16 = False
     # Inference precision of the convolutional parts: "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA).
     cfg.TEST.PRECISION = "fp32"
     # Who runs the dense parts at inference: "torch", "openvino", "onnxruntime" (ONNX graphs

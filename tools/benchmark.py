@@ -28,18 +28,8 @@ from benchmarks.model_speed import (
     run_benchmark,
     run_combine_benchmark,
 )
-from panoptic_ext.cli import parse_args_and_overrides
+from panoptic_ext.cli import parse_args_and_overrides, size_arg
 from panoptic_ext.engine.defaults import setup_cfg
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 800x1333, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
-    return h, w
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--num-images", type=int, default=3, help="timed images (>= 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each model first")
-    parser.add_argument("--size", type=_size, default=(800, 1333), help="HxW of the inputs")
+    parser.add_argument("--size", type=size_arg, default=(800, 1333), help="HxW of the inputs")
     parser.add_argument("--outputs", nargs="+", default=None,
                         choices=["instances", "sem_seg", "panoptic_seg"],
                         help="what our model returns (default: MODEL.PANOPTIC_EXT."

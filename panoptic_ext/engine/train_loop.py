@@ -5,9 +5,12 @@ import math
 import time
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["PanopticTrainLoop", "parse_dtype"]
+from ..modeling.precision import resolve_precision
+
+__all__ = ["PanopticTrainLoop", "autocast_dtype_for", "parse_dtype"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
            "fp16": torch.float16}
@@ -19,6 +22,22 @@ def parse_dtype(name: str, key: str) -> torch.dtype:
         return _DTYPES[name.lower()]
     except KeyError as e:
         raise ValueError(f"{key}={name!r}; expected one of {sorted(_DTYPES)}") from e
+
+
+def autocast_dtype_for(cfg: CfgNode) -> torch.dtype | None:
+    """SOLVER.AMP's autocast dtype on MODEL.DEVICE (None: fp32), by the one precision rule: bf16
+    only where the hardware has it (see `modeling/precision.py`)."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    dtype = parse_dtype(cfg.SOLVER.AMP.DTYPE, "SOLVER.AMP.DTYPE")
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    if device_type == "cpu" and name == "fp16":
+        raise ValueError("SOLVER.AMP.DTYPE 'float16' needs CUDA; use 'bfloat16' on CPU, or "
+                         "SOLVER.AMP.ENABLED False")
+    chosen = resolve_precision(name, device_type, cfg.MODEL.PANOPTIC_EXT.EMULATED_BF16,
+                               key="SOLVER.AMP.ENABLED")
+    return None if chosen == "fp32" else dtype
 
 
 class PanopticTrainLoop(SimpleTrainer):

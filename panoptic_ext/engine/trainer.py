@@ -30,7 +30,7 @@ from .checkpoint import AtomicCheckpointer, checkpoint_to_load
 from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
 from .schedule import resolve_epochs
-from .train_loop import PanopticTrainLoop, parse_dtype
+from .train_loop import PanopticTrainLoop, autocast_dtype_for
 from .weights import load_weights, trust_weights_file
 
 # MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
@@ -64,16 +64,7 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         device_type = torch.device(cfg.MODEL.DEVICE).type
-        autocast_dtype = None
-        if cfg.SOLVER.AMP.ENABLED:
-            autocast_dtype = parse_dtype(cfg.SOLVER.AMP.DTYPE, "SOLVER.AMP.DTYPE")
-            if device_type == "cpu" and autocast_dtype != torch.bfloat16:
-                raise ValueError("SOLVER.AMP.DTYPE must be bfloat16 on CPU (float16 needs CUDA)")
-            if device_type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                logger.warning(
-                    "SOLVER.AMP.ENABLED with bfloat16 on a CPU without native bf16 (no "
-                    "avx512_bf16 / AMX): it is emulated, about 10x slower than fp32 here. Pass "
-                    "SOLVER.AMP.ENABLED False to train in fp32.")
+        autocast_dtype = autocast_dtype_for(cfg)  # bf16 only where the hardware has it
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

@@ -22,38 +22,18 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
+from .precision import PRECISIONS, autocast
+
+Patch = tuple[Any, str, Callable]  # (object, attribute, value shadowing it)
+
 __all__ = [
-    "PRECISIONS",
     "FoldedNorms",
-    "autocast",
-    "check_precision",
     "convert_channels_last",
     "float_outputs",
     "foldable",
     "parallel_roi_align",
     "shadowed",
 ]
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-Patch = tuple[Any, str, Callable]  # (object, attribute, value shadowing it)
-
-
-def check_precision(precision: str, device_type: str | None = None) -> str:
-    """`precision` if TEST.PRECISION can take it (on `device_type`, when given)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"TEST.PRECISION must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and device_type == "cpu":
-        raise ValueError("TEST.PRECISION='fp16' needs CUDA; use 'bf16' on CPU")
-    return precision
-
-
-def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to `precision` on `device_type`; nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=PRECISIONS[precision])
-
 
 def convert_channels_last(modules: Iterable[nn.Module]) -> None:
     """Conv weights of `modules` in channels_last: faster convolutions with oneDNN on CPU."""
@@ -181,10 +161,78 @@ def _recording() -> bool:
     return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
+def _image_groups(batch_idx: torch.Tensor, parts: int) -> list[tuple[int, int, torch.Tensor]]:
+    """Up to `parts` (first image, end image, ROI indices) groups of consecutive images with
+    about equal ROI counts; each group's ROIs keep their order."""
+    idx = batch_idx.long()
+    counts = torch.bincount(idx).tolist()
+    total, before, owner = len(idx), 0, []
+    for c in counts:  # an image goes to the part its middle box falls in
+        owner.append(min(parts - 1, int((before + c / 2) * parts / total)))
+        before += c
+    groups = []
+    for part in sorted(set(owner)):
+        first = owner.index(part)
+        end = len(owner) - owner[::-1].index(part)
+        sel = ((idx >= first) & (idx < end)).nonzero().squeeze(1)
+        if len(sel):
+            groups.append((first, end, sel))
+    return groups
+
+
+def _group_rois(rois: torch.Tensor, group: tuple[int, int, torch.Tensor]) -> torch.Tensor:
+    first, _, sel = group
+    out = rois[sel]
+    out[:, 0] -= first
+    return out
+
+
+class _ROIAlignByImage(torch.autograd.Function):
+    """torchvision's ROIAlign with forward and backward each spread over threads by image.
+    Every image's gradient accumulates its own boxes in their order, as the one-thread kernel
+    does, so values and gradients are bit-identical to it."""
+
+    @staticmethod
+    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned, groups):
+        ph, pw = output_size
+        x = input.float()
+
+        def pool(g):
+            first, end, _ = g
+            return torch.ops.torchvision.roi_align(x[first:end], _group_rois(rois, g),
+                                                   spatial_scale, ph, pw, sampling_ratio, aligned)
+
+        outs = list(_thread_pool(len(groups)).map(pool, groups))
+        out = x.new_empty((rois.shape[0], x.shape[1], ph, pw))
+        for (_, _, sel), part in zip(groups, outs, strict=True):
+            out[sel] = part
+        ctx.save_for_backward(rois)
+        ctx.meta = (input.shape, input.dtype, ph, pw, spatial_scale, sampling_ratio, aligned,
+                    groups)
+        return out.to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        shape, dtype, ph, pw, scale, ratio, aligned, groups = ctx.meta
+        grad = grad.float()
+        grad_input = grad.new_zeros(shape)
+
+        def unpool(g):
+            first, end, sel = g
+            grad_input[first:end] = torch.ops.torchvision._roi_align_backward(
+                grad[sel].contiguous(), _group_rois(rois, g), scale, ph, pw, end - first,
+                shape[1], shape[2], shape[3], ratio, aligned)
+
+        list(_thread_pool(len(groups)).map(unpool, groups))
+        return grad_input.to(dtype), None, None, None, None, None, None
+
+
 def _split_roi_align(align: nn.Module, threads: int) -> Callable:
-    """`align`'s forward with its boxes dealt round-robin to `threads` threads. torchvision's
-    CPU ROIAlign runs on one core and releases the GIL; each box is pooled independently, so
-    the result is bit-identical."""
+    """`align`'s forward spread over `threads` threads. torchvision's CPU ROIAlign runs on one
+    core and releases the GIL. Without gradients, boxes are dealt round-robin (each is pooled
+    independently); with them, whole images are, so that the backward pass is spread as well.
+    Either way the numbers are bit-identical."""
     forward = type(align).forward
 
     def run(input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
@@ -192,11 +240,18 @@ def _split_roi_align(align: nn.Module, threads: int) -> Callable:
         parts = min(threads, n // _MIN_ROIS_PER_THREAD)
         if parts < 2 or _recording():  # a tracer does not see other threads' ops
             return forward(align, input, rois)
-        grad = torch.is_grad_enabled()  # thread-local: carry the caller's mode over
+        if torch.is_grad_enabled() and input.requires_grad:
+            groups = _image_groups(rois[:, 0], parts)
+            if len(groups) < 2:  # one image: its gradient cannot be split without a sum
+                return forward(align, input, rois)
+            # boxes rounded to the features' dtype, as ROIAlign does, then pooled in float32
+            # as torchvision's autocast kernel does
+            return _ROIAlignByImage.apply(input, rois.to(input.dtype).float(), align.output_size,
+                                          align.spatial_scale, align.sampling_ratio,
+                                          align.aligned, groups)
 
         def pool_part(k: int) -> torch.Tensor:
-            with torch.set_grad_enabled(grad):
-                return forward(align, input, rois[k::parts])
+            return forward(align, input, rois[k::parts])
 
         outs = list(_thread_pool(parts).map(pool_part, range(parts)))
         out = outs[0].new_empty((n, *outs[0].shape[1:]))
@@ -209,7 +264,8 @@ def _split_roi_align(align: nn.Module, threads: int) -> Callable:
 
 def parallel_roi_align(poolers: Iterable[nn.Module | None], threads: int) -> list[Patch]:
     """Patches (for `shadowed`) spreading the CPU ROIAlign of each `ROIPooler` in `poolers` over
-    `threads` threads: ~2x on 2 cores for the box head's 1000 proposals, the same numbers."""
+    `threads` threads, in training (forward and backward) and at inference: ~2x on 2 cores for
+    the box head's 1000 proposals, the same numbers."""
     if threads < 2:
         return []
     return [(align, "forward", _split_roi_align(align, threads))

@@ -26,8 +26,6 @@ from .combine import build_combine
 from .inference_opts import (
     FoldedNorms,
     Patch,
-    autocast,
-    check_precision,
     convert_channels_last,
     float_outputs,
     parallel_roi_align,
@@ -42,6 +40,7 @@ from .postprocess import (
     semantic_argmax,
     semantic_resize,
 )
+from .precision import autocast, check_precision, resolve_precision
 from .runtime import CompiledRuntime, check_runtime, resolve_runtime
 
 __all__ = ["PanopticFPNExt"]
@@ -117,7 +116,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.fuse_norm = bool(fuse_norm)
         self._folded_norms = FoldedNorms()
         self.postprocess_threads = int(postprocess_threads)
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, self.device.type)
         self.runtime = check_runtime(runtime)
         self._compiled: CompiledRuntime | None = None
         self.outputs = self._check_outputs(outputs)
@@ -135,7 +134,9 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["channels_last"] = ext.CHANNELS_LAST
         ret["fuse_norm"] = ext.FUSE_NORM
         ret["postprocess_threads"] = ext.POSTPROCESS_THREADS
-        ret["precision"] = cfg.TEST.PRECISION.lower()
+        ret["precision"] = resolve_precision(cfg.TEST.PRECISION.lower(),
+                                             torch.device(cfg.MODEL.DEVICE).type,
+                                             ext.EMULATED_BF16)
         ret["runtime"] = cfg.TEST.RUNTIME
         ret["outputs"] = tuple(ext.INFERENCE_OUTPUTS)
         return ret
@@ -153,7 +154,11 @@ class PanopticFPNExt(GeneralizedRCNN):
                 "use its '<name>_separated' form in DATASETS.TRAIN)"
             )
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        x = images.tensor
+        if self.channels_last:  # several times faster convolution backward with oneDNN
+            self._to_channels_last()
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(x)
 
         gt_sem_seg = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
@@ -165,7 +170,10 @@ class PanopticFPNExt(GeneralizedRCNN):
 
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        if self.channels_last:  # both poolers read NCHW: one copy instead of one per call
+            features = {k: v.contiguous() for k, v in features.items()}
+        with shadowed(self._roi_align_patches()):
+            _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
         if self.instance_loss_weight != 1.0:
             detector_losses = {k: v * self.instance_loss_weight for k, v in detector_losses.items()}
         losses.update(proposal_losses)
@@ -256,6 +264,7 @@ class PanopticFPNExt(GeneralizedRCNN):
 
     def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool) -> _NetworkOutputs:
         """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
+        check_precision(self.precision, self.device.type)  # every runtime: one rule
         images = self.preprocess_image(batched_inputs)
         engine = self._compiled_runtime()
         if engine is not None and engine.ready(self, images.tensor):
@@ -378,8 +387,9 @@ class PanopticFPNExt(GeneralizedRCNN):
                 and hasattr(self.combine, "combine_crops"))
 
     def _roi_align_patches(self) -> list[Patch]:
-        """The ROI heads' CPU ROIAlign spread over torch's threads (the same numbers)."""
-        if not (self.fast_inference and self.device.type == "cpu"):
+        """The ROI heads' CPU ROIAlign spread over torch's threads (the same numbers); in
+        training always, at inference on the fast path."""
+        if self.device.type != "cpu" or not (self.training or self.fast_inference):
             return []
         rh = self.roi_heads
         return parallel_roi_align([getattr(rh, "box_pooler", None),
@@ -427,7 +437,6 @@ class PanopticFPNExt(GeneralizedRCNN):
         if self.fuse_norm:
             patches += self._folded_norms.patches(self, self.precision)
         if self.precision != "fp32":
-            check_precision(self.precision, self.device.type)
             parts = [(self.backbone, "forward"), (self.proposal_generator.rpn_head, "forward")]
             for name in ("box_head", "mask_head"):
                 head = getattr(self.roi_heads, name, None)

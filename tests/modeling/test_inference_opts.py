@@ -10,7 +10,6 @@ from torch import nn
 
 from panoptic_ext.modeling.inference_opts import (
     FoldedNorms,
-    check_precision,
     float_outputs,
     foldable,
     parallel_roi_align,
@@ -69,12 +68,7 @@ def test_only_inference_norms_fold():
     assert FoldedNorms().patches(conv) == []
 
 
-def test_precision_checks_and_float_outputs():
-    assert check_precision("bf16", "cpu") == "bf16"
-    with pytest.raises(ValueError, match="TEST.PRECISION"):
-        check_precision("fp64")
-    with pytest.raises(ValueError, match="needs CUDA"):
-        check_precision("fp16", "cpu")
+def test_float_outputs():
     lin = nn.Linear(4, 4)
     out = float_outputs(lambda x: {"y": [lin(x)], "n": 3}, "cpu", "bf16")(torch.randn(2, 4))
     assert out["y"][0].dtype == torch.float32 and out["n"] == 3
@@ -93,7 +87,9 @@ def test_bf16_precision_gives_valid_output(model):
     m, cfg = model
     cfg = cfg.clone()
     cfg.TEST.PRECISION = "bf16"
+    cfg.MODEL.PANOPTIC_EXT.EMULATED_BF16 = True  # the bf16 path also where it is emulated
     bf = build_model(cfg).eval()
+    assert bf.precision == "bf16"
     bf.load_state_dict(m.state_dict())
     with torch.no_grad():
         out = bf(random_inputs())
@@ -180,3 +176,32 @@ def test_parallel_roi_align_is_traced_whole():
         traced = torch.jit.trace(lambda f: align(f, rois), torch.randn(1, 8, 40, 48))
     other = torch.randn(1, 8, 40, 48, generator=gen)
     assert torch.equal(traced(other), align(other, rois))
+
+
+@pytest.mark.parametrize("images,channels_last", [(2, False), (3, True), (5, False)])
+def test_parallel_roi_align_backward_is_bit_identical(images, channels_last):
+    """In training, whole images go to the threads, so each image's gradient accumulates its own
+    boxes in their order: values and gradients equal the one-thread kernel's bits."""
+    from detectron2.modeling.poolers import ROIPooler
+
+    pooler = ROIPooler((7, 7), (1 / 4,), 0, "ROIAlignV2")
+    align = pooler.level_poolers[0]
+    gen = torch.Generator().manual_seed(images)
+    feats = torch.randn(images, 8, 40, 48, generator=gen)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    n = 24 * images
+    xy = torch.rand(n, 2, generator=gen) * 150
+    rois = torch.cat([torch.randint(0, images, (n, 1), generator=gen).float(), xy,
+                      xy + 2 + torch.rand(n, 2, generator=gen) * 60], dim=1)
+    grad = torch.randn(n, 8, 7, 7, generator=gen)
+    want_in = feats.clone().requires_grad_()
+    want = align(want_in, rois)
+    want.backward(grad)
+    got_in = feats.clone().requires_grad_()
+    with shadowed(parallel_roi_align([pooler], 2)):
+        got = align(got_in, rois)
+    assert type(got.grad_fn).__name__ == "_ROIAlignByImageBackward"  # the threaded path ran
+    got.backward(grad)
+    assert torch.equal(got, want)
+    assert torch.equal(got_in.grad, want_in.grad)
