@@ -17,14 +17,14 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 from tqdm import tqdm
 
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
 from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, naming_path
+from ..utils.paths import check_output_file, refuse_replacing_inputs
 from . import exported_io
 
 __all__ = [
@@ -204,6 +204,9 @@ class PanopticDemo:
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
         path = _video_output_path(source, output) if output else None
+        if path is not None:
+            check_output_file(path)
+            refuse_replacing_inputs([path], [source] if isinstance(source, str) else [])
         writer = None
         frames = 0
         try:
@@ -270,9 +273,14 @@ class PanopticDemo:
         return writer
 
     def run_files(self, files: Sequence[str], output: str) -> list[str]:
-        """Process files into `output`; returns the files that failed (reported on stderr)."""
-        os.makedirs(os.path.join(output, "panoptic"), exist_ok=True)
-        _check_name_clashes(files)
+        """Process files into `output`; returns the files that failed (reported on stderr).
+
+        The folder is checked and locked first (:func:`exported_io.output_run`): an output
+        that would replace an input, or a second run into the folder, is refused."""
+        with exported_io.output_run(files, output):
+            return self._run_files(files, output)
+
+    def _run_files(self, files: Sequence[str], output: str) -> list[str]:
         failed: list[str] = []
         annotations = []
         for path in tqdm(files, desc="demo", unit="img"):
@@ -287,9 +295,11 @@ class PanopticDemo:
             ids = panoptic.to(self.cpu).numpy()
             rgb, seg_json = panoptic_to_coco(ids, segments, self.metadata)
             stem = os.path.splitext(os.path.basename(path))[0]
-            write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
-            picture = self.draw(image, predictions)
-            Image.fromarray(picture).save(os.path.join(output, _picture_name(path)))
+            png = os.path.join(output, "panoptic", stem + ".png")
+            with naming_path(png):
+                write_panoptic_png(png, ids)
+            exported_io.save_image(self.draw(image, predictions),
+                                   os.path.join(output, exported_io.picture_name(path)))
             annotations.append(
                 {
                     "image_id": stem,
@@ -305,22 +315,3 @@ class PanopticDemo:
             "categories": dataset_categories(self.metadata),
         })
         return failed
-
-
-def _picture_name(path: str) -> str:
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
-    # Keep the input's file name; formats PIL cannot write lossless-ly become PNG.
-    return base if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else stem + ".png"
-
-
-def _check_name_clashes(files: Sequence[str]) -> None:
-    owners: dict[str, str] = {}
-    for f in files:
-        stem = os.path.splitext(os.path.basename(f))[0]
-        if stem in owners:
-            raise ValueError(
-                f"Inputs {owners[stem]} and {f} would write the same outputs ({stem}.*); "
-                "rename one or run them into different --output folders"
-            )
-        owners[stem] = f

@@ -79,6 +79,10 @@ _ONNX_TEMPLATE = os.path.join(_HERE, "run_onnx_template.py")
 # torch-free modules the runners import, copied next to them
 _RUNNER_MODULES = {"torchscript": ("exported_io.py",),
                    "onnx": ("exported_io.py", "onnx_pipeline.py")}
+# the standard-library helpers exported_io imports (output checks, lock, atomic writes), copied
+# as the runner's panoptic_utils/ package
+_UTILS = os.path.join(os.path.dirname(_HERE), "utils")
+_RUNNER_UTILS = ("panoptic_utils", ("__init__.py", "io.py", "locks.py", "paths.py"))
 
 
 # ---- scripted post-processing ---------------------------------------------------------------
@@ -261,6 +265,10 @@ def _copy_runner(output_dir: str, fmt: str) -> None:
     os.chmod(runner, 0o755)
     for name in _RUNNER_MODULES[fmt]:
         shutil.copyfile(os.path.join(_HERE, name), os.path.join(output_dir, name))
+    package, names = _RUNNER_UTILS
+    os.makedirs(os.path.join(output_dir, package), exist_ok=True)
+    for name in names:
+        shutil.copyfile(os.path.join(_UTILS, name), os.path.join(output_dir, package, name))
 
 
 class _Sample(NamedTuple):
