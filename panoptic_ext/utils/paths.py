@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output_file", "prepare_output_dir",
-           "refuse_replacing_inputs", "user_cache_dir"]
+__all__ = ["OutputPathError", "OutsideFolderError", "check_output_file", "join_inside",
+           "prepare_output_dir", "refuse_replacing_inputs", "user_cache_dir"]
 
 
 def user_cache_dir(*parts: str) -> Path:
@@ -69,3 +69,21 @@ def refuse_replacing_inputs(outputs: Iterable[str | os.PathLike],
             raise OutputPathError(
                 f"{option}: writing {os.fspath(out)} would replace the input {source}; give "
                 f"another {option} (outputs never replace inputs)")
+
+
+class OutsideFolderError(ValueError):
+    """A file named in a JSON that leads out of the folder it must be in."""
+
+
+def join_inside(folder: str, name: str, source: str, allow_outside: bool = False) -> str:
+    """``folder/name``, refusing a ``name`` that leads out of ``folder`` (absolute, or ``..``)
+    unless ``allow_outside``: a JSON (``source``) must not make a tool read any file on the
+    machine. Lexical, so links inside the folder keep working."""
+    path = os.path.join(folder, name)
+    if not allow_outside and (os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0]
+                              == os.pardir):
+        raise OutsideFolderError(
+            f"{source}: file_name {name!r} leads outside its folder {folder}; give a name "
+            "inside the folder (or allow outside paths explicitly, --allow-outside-paths in "
+            "the evaluation CLI)")
+    return path
