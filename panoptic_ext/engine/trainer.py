@@ -29,7 +29,7 @@ from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
 from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
-from .schedule import resolve_epochs
+from .schedule import check_schedule, resolve_epochs
 from .train_loop import PanopticTrainLoop, parse_dtype
 from .weights import load_weights, trust_weights_file
 
@@ -61,6 +61,7 @@ class Trainer(DefaultTrainer):
         # Epochs -> iterations first (a no-op on setup()'s resolved config), then the
         # REFERENCE_WORLD_SIZE rescaling of those iterations.
         cfg = resolve_epochs(cfg)
+        check_schedule(cfg)  # batch vs REFERENCE_WORLD_SIZE, warm-up vs training
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         device_type = torch.device(cfg.MODEL.DEVICE).type
