@@ -24,6 +24,7 @@ from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
 from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
+from ..modeling.loss_balancing import balancing_setting, check_resumed_balancing
 from ..utils.io import TEMP_SUFFIX
 from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
@@ -168,9 +169,12 @@ class Trainer(DefaultTrainer):
         if self._sampler is not None:
             ret["data_seed"] = self._sampler.seed
         ret["rng"] = _rng_state()
+        ret["loss_balancing"] = balancing_setting(self.cfg)
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
+        check_resumed_balancing(state_dict.get("loss_balancing"), balancing_setting(self.cfg),
+                                f"the checkpoint in {self.cfg.OUTPUT_DIR}")
         super().load_state_dict(state_dict)
         if self._sampler is not None and "data_seed" in state_dict:
             self._sampler.seed = state_dict["data_seed"]
