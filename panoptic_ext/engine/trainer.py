@@ -210,6 +210,13 @@ class Trainer(DefaultTrainer):
                 self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             )
 
+    def after_train(self) -> None:
+        """After a failed checkpoint save the run stops with that error: no final evaluation,
+        as if the weights had been saved."""
+        if self.checkpointer.save_error is not None:
+            self._hooks = [h for h in self._hooks if not isinstance(h, hooks.EvalHook)]
+        super().after_train()
+
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         return build_evaluator(cfg, dataset_name, output_folder)
