@@ -12,6 +12,7 @@ The output checks, lock and atomic writes are panoptic_ext.utils', copied next t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "picture",
     "picture_name",
     "preprocess_array",
+    "read_export_info",
     "read_image",
     "resized_size",
     "run_files",
@@ -67,6 +69,21 @@ def read_image(path: str, input_format: str) -> np.ndarray:
         img = to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
         array = np.asarray(img)
     return array[:, :, ::-1] if input_format == "BGR" else array
+
+
+def read_export_info(path: str) -> dict:
+    """export_info.json; missing or malformed is an error naming it."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: --model-dir must be the export's "
+                                "folder") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}): re-export the model") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not an export_info.json: re-export the model")
+    return info
 
 
 def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
