@@ -34,16 +34,16 @@ def prepare_output_dir(folder: str | os.PathLike, option: str = "--output") -> s
     location that cannot be created fails at once, naming ``option`` and the path."""
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise OutputPathError(f"{option} {folder} is a file, not a folder; give a folder "
+        raise OutputPathError(f"{option}: {folder} is a file, not a folder; give a folder "
                               "(it is created if missing)")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise OutputPathError(f"cannot create the {option} folder {folder}: {_reason(e)}; "
+        raise OutputPathError(f"{option}: cannot create the folder {folder} ({_reason(e)}); "
                               "give a folder you can write") from e
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"the {option} folder {folder} is not writable; give a folder "
-                              "you can write")
+        raise OutputPathError(f"{option}: the folder {folder} is not writable; give a "
+                              "folder you can write")
     return folder
 
 
@@ -52,8 +52,8 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> str:
     that produces it; a folder in its place is an error naming ``option``."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise OutputPathError(f"{option} {path} is a folder; give a file name")
-    prepare_output_dir(os.path.dirname(os.path.abspath(path)), f"folder of {option}")
+        raise OutputPathError(f"{option}: {path} is a folder; give a file name")
+    prepare_output_dir(os.path.dirname(os.path.abspath(path)), option)
     return path
 
 

@@ -251,5 +251,5 @@ def test_one_analysis_per_output_folder(data, tmp_path):
         with pytest.raises(RunLockedError, match=f"{out} is in use by another analysis"):
             analyze_results(cfg, str(out), predictions=str(tmp_path / "nowhere"))
     (tmp_path / "file").write_text("")
-    with pytest.raises(OSError, match="--output .*file is a file, not a folder"):
+    with pytest.raises(OSError, match="--output: .*file is a file, not a folder"):
         analyze_results(cfg, str(tmp_path / "file"), predictions=str(tmp_path / "nowhere"))

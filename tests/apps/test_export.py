@@ -185,7 +185,7 @@ def test_bad_output_or_sample_image_named_before_the_trace(tmp_path):
     cfg = synthetic_cfg(["MODEL.WEIGHTS", str(tmp_path / "w.pth")])
     (tmp_path / "afile").write_text("")
     for export in (export_torchscript, export_onnx):
-        with pytest.raises(OSError, match=f"--output {tmp_path / 'afile'} is a file"):
+        with pytest.raises(OSError, match=f"--output: {tmp_path / 'afile'} is a file"):
             export(cfg, str(tmp_path / "afile"))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "model.ts").write_text("my weights")  # MODEL.WEIGHTS named model.ts

@@ -83,7 +83,7 @@ def test_output_that_is_a_file_is_named(tmp_path, capsys):
     files = _images(tmp_path / "in")
     (tmp_path / "afile").write_text("x")
     assert exported_io.run_files(files, str(tmp_path / "afile"), INFO, _predict) == 1
-    assert f"--output {tmp_path / 'afile'} is a file" in capsys.readouterr().err
+    assert f"--output: {tmp_path / 'afile'} is a file" in capsys.readouterr().err
 
 
 def test_copied_runner_modules_import_without_the_package(tmp_path):

@@ -52,7 +52,7 @@ def test_output_replacing_the_ground_truth_or_a_file_is_refused(data, tmp_path):
         visualize_annotations("synthetic_panoptic_val", gt.root, progress=False)
     assert {f: open(os.path.join(gt.root, f), "rb").read() for f in before} == before
     (tmp_path / "f").write_text("")
-    with pytest.raises(OSError, match=f"--output {tmp_path / 'f'} is a file"):
+    with pytest.raises(OSError, match=f"--output: {tmp_path / 'f'} is a file"):
         visualize_annotations("synthetic_panoptic_val", str(tmp_path / "f"), progress=False)
 
 

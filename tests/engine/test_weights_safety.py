@@ -333,7 +333,7 @@ def test_convert_weights_tool(tmp_path, capsys):
     # an output that is a folder, under a file, or the input itself: named, nothing written
     (tmp_path / "d.safetensors").mkdir()
     assert convert([str(tmp_path / "m.pth"), str(tmp_path / "d.safetensors")]) == 1
-    assert f"output {tmp_path / 'd.safetensors'} is a folder" in capsys.readouterr().err
+    assert f"output: {tmp_path / 'd.safetensors'} is a folder" in capsys.readouterr().err
     assert convert([str(tmp_path / "m.pth"), str(tmp_path / "m.pth" / "x.safetensors")]) == 1
     assert f"{tmp_path / 'm.pth'} is a file, not a folder" in capsys.readouterr().err
     assert convert(["--force", str(out), str(out)]) == 1

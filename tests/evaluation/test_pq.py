@@ -445,7 +445,7 @@ def test_cli_names_a_bad_json_output_before_the_work(tmp_path, capsys):
 
     gt_json, pred_json = _one_image(tmp_path, GT_MAP, GT_SEGS, GT_MAP, GT_SEGS)
     assert main([gt_json, pred_json, "--json", str(tmp_path)]) == 2
-    assert f"--json {tmp_path} is a folder" in capsys.readouterr().err
+    assert f"--json: {tmp_path} is a folder" in capsys.readouterr().err
     assert main([gt_json, pred_json, "--json", gt_json]) == 2  # an input
     assert f"would replace the input {gt_json}" in capsys.readouterr().err
     (tmp_path / "f").write_text("")
