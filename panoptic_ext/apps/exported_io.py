@@ -25,10 +25,15 @@ try:  # inside the package
     from ..utils.io import atomic_write_json, naming_path
     from ..utils.locks import RunLockedError, run_lock
     from ..utils.paths import prepare_output_dir, refuse_replacing_inputs
-except ImportError:  # copied next to run_exported.py, with panoptic_utils/
-    from panoptic_utils.io import atomic_write_json, naming_path
-    from panoptic_utils.locks import RunLockedError, run_lock
-    from panoptic_utils.paths import prepare_output_dir, refuse_replacing_inputs
+except ImportError:  # imported as a top-level module: by a runner
+    try:  # copied next to run_exported.py, with panoptic_utils/
+        from panoptic_utils.io import atomic_write_json, naming_path
+        from panoptic_utils.locks import RunLockedError, run_lock
+        from panoptic_utils.paths import prepare_output_dir, refuse_replacing_inputs
+    except ImportError:  # a template run from the source tree, where the package is
+        from panoptic_ext.utils.io import atomic_write_json, naming_path
+        from panoptic_ext.utils.locks import RunLockedError, run_lock
+        from panoptic_ext.utils.paths import prepare_output_dir, refuse_replacing_inputs
 
 __all__ = [
     "categories",
