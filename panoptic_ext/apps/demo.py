@@ -23,7 +23,7 @@ from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
 from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
-from ..utils.io import atomic_write_json, naming_path
+from ..utils.io import atomic_write_json
 from ..utils.paths import check_output_file, refuse_replacing_inputs
 from . import exported_io
 
@@ -196,6 +196,10 @@ class PanopticDemo:
             _check_gui(cv2)
         if isinstance(source, str) and not os.path.isfile(source):
             raise VideoSourceError(f"cannot read {name}: no such file")
+        path = _video_output_path(source, output) if output else None
+        if path is not None:  # before any frame: a bad output, or the video itself
+            check_output_file(path)
+            refuse_replacing_inputs([path], [source] if isinstance(source, str) else [])
         cap = cv2.VideoCapture(source)
         if not cap.isOpened():
             raise VideoSourceError(f"cannot read {name}: OpenCV cannot open it as a video")
@@ -203,10 +207,6 @@ class PanopticDemo:
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 30.0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
-        path = _video_output_path(source, output) if output else None
-        if path is not None:
-            check_output_file(path)
-            refuse_replacing_inputs([path], [source] if isinstance(source, str) else [])
         writer = None
         frames = 0
         try:
@@ -295,9 +295,7 @@ class PanopticDemo:
             ids = panoptic.to(self.cpu).numpy()
             rgb, seg_json = panoptic_to_coco(ids, segments, self.metadata)
             stem = os.path.splitext(os.path.basename(path))[0]
-            png = os.path.join(output, "panoptic", stem + ".png")
-            with naming_path(png):
-                write_panoptic_png(png, ids)
+            write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
             exported_io.save_image(self.draw(image, predictions),
                                    os.path.join(output, exported_io.picture_name(path)))
             annotations.append(

@@ -54,6 +54,11 @@ def test_output_replacing_an_input_is_refused(tmp_path, capsys):
     assert open(files[0], "rb").read() == before
     with pytest.raises(OutputPathError, match="would replace the input"):  # the demo's too
         PanopticDemo.run_files(None, files, str(tmp_path / "d"))
+    video = tmp_path / "d" / "clip.mp4"
+    video.write_bytes(b"frames")
+    with pytest.raises(OutputPathError, match=f"would replace the input {video}"):
+        PanopticDemo.run_video(None, str(video), str(video))
+    assert video.read_bytes() == b"frames"
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
