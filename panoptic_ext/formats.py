@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "OFFSET",
     "VOID",
     "PanopticFormatError",
+    "check_unique_ids",
     "describe_segment_mismatch",
     "encode_panoptic_png",
     "id_to_rgb",
@@ -161,6 +163,32 @@ def load_panoptic_json(path: str, keys: Iterable[str] = ("annotations", "categor
         if key not in data:
             raise PanopticFormatError(f"{path}: missing '{key}'; is it a COCO panoptic JSON?")
     return data
+
+
+def check_unique_ids(annotations: Iterable[Any], path: str, limit: int = 5) -> None:
+    """Refuse an image id listed twice, or a segment id listed twice in one image, naming
+    them: a repeated image would be scored twice, a repeated segment silently replaced."""
+    images: dict[Any, Any] = {}
+    problems = []
+    for ann in annotations:
+        if not isinstance(ann, Mapping):
+            continue
+        image_id = ann.get("image_id")
+        key = repr(image_id)  # any JSON value, lists included
+        if key in images:
+            problems.append(f"image id {image_id!r} is listed twice ({images[key]} and "
+                            f"{ann.get('file_name')})")
+        images[key] = ann.get("file_name")
+        segments = ann.get("segments_info")
+        counts = Counter(repr(s.get("id")) for s in segments or [] if isinstance(s, Mapping))
+        twice = sorted(k for k, n in counts.items() if n > 1)
+        if twice:
+            problems.append(f"image {image_id!r} lists segment id(s) {', '.join(twice)} twice")
+    if problems:
+        more = f" and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise PanopticFormatError(
+            f"{path}: {'; '.join(problems[:limit])}{more}. List each image once and each "
+            "segment once per image (a repeat would be counted twice or hide the first)")
 
 
 def segment_mismatch(present: Iterable[int], listed: Iterable[int]

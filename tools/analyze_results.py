@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 from panoptic_ext.apps.analyze import analyze_results
 from panoptic_ext.cli import parse_args_and_overrides
 from panoptic_ext.engine import setup_cfg
+from panoptic_ext.utils.locks import RunLockedError
 
 
 def main(argv=None) -> int:
@@ -42,8 +43,12 @@ def main(argv=None) -> int:
         parser.error("--worst must be >= 0")
     setup_logger(name="panoptic_ext")
     cfg = setup_cfg(args.config_file, opts, eval_only=True)
-    result = analyze_results(cfg, args.output, args.dataset, worst=args.worst,
-                             predictions=args.predictions)
+    try:
+        result = analyze_results(cfg, args.output, args.dataset, worst=args.worst,
+                                 predictions=args.predictions)
+    except (OSError, ValueError, RunLockedError) as e:  # named: output, predictions, a lock
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     s = result.summary["All"]
     print(f"{result.dataset}: {len(result.images)} images, PQ {100 * s['pq']:.2f} "
           f"SQ {100 * s['sq']:.2f} RQ {100 * s['rq']:.2f}")

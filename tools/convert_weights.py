@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     try:
         report = save_safetensors(args.input, args.output, force=args.force,
                                   trust_file=args.trust_input)
-    except (WeightsError, FileExistsError) as e:
+    except (WeightsError, OSError) as e:  # named: the input, or the output that cannot be
+        # written (exists, a folder, would replace the input)
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"Wrote {report.tensors} tensors ({report.bytes / 2**20:.1f} MiB) to {report.output}"

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 from panoptic_ext.apps.demo import PanopticDemo, VideoSourceError, collect_inputs
 from panoptic_ext.engine import setup_cfg as engine_setup_cfg
 from panoptic_ext.engine.weights import WeightsError
+from panoptic_ext.utils.locks import RunLockedError
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def run_video(args) -> int:
         return 1
     try:
         demo.run_video(0 if args.webcam else args.video_input, args.output)
-    except VideoSourceError as e:
+    except (VideoSourceError, OSError) as e:  # the source, or the output (named)
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     return 0
@@ -89,7 +90,11 @@ def main(argv=None) -> int:
     if demo is None:
         return 1
     if args.output:
-        failed = len(demo.run_files(files, args.output))
+        try:
+            failed = len(demo.run_files(files, args.output))
+        except (OSError, ValueError, RunLockedError) as e:  # the output folder, named
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 1
     else:
         try:
             failed = demo.show_files(files)

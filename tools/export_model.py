@@ -43,11 +43,15 @@ def main(argv=None) -> int:
     setup_logger(name="panoptic_ext")
     cfg = setup_cfg(args.config_file, opts, eval_only=True)
     graphs = args.format in ("onnx", "openvino")
-    if graphs:
-        report = export_onnx(cfg, args.output, sample_image=args.sample_image,
-                             openvino=args.format == "openvino")
-    else:
-        report = export_torchscript(cfg, args.output, sample_image=args.sample_image)
+    try:
+        if graphs:
+            report = export_onnx(cfg, args.output, sample_image=args.sample_image,
+                                 openvino=args.format == "openvino")
+        else:
+            report = export_torchscript(cfg, args.output, sample_image=args.sample_image)
+    except (OSError, ValueError) as e:  # named: --output, --sample-image, a file written
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     what = {"onnx": "dense.onnx, box_head.onnx, mask_head.onnx",
             "openvino": "dense/box_head/mask_head .onnx and .xml/.bin",
             "torchscript": "model.ts"}[args.format]

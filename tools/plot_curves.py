@@ -22,7 +22,11 @@ def main(argv=None) -> int:
                         help="training output folders (or their metrics.json files)")
     parser.add_argument("--output", required=True, metavar="FILE.png")
     args = parser.parse_args(argv)
-    plot_curves(args.runs, args.output)
+    try:
+        plot_curves(args.runs, args.output)
+    except (OSError, ValueError) as e:  # named: a run's metrics.json, or --output
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     print(f"Wrote {args.output}")
     return 0
 

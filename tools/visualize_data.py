@@ -44,7 +44,11 @@ def main(argv=None) -> int:
         parser.error("--num must be >= 1")
     setup_logger(name="panoptic_ext")
     cfg = setup_cfg(args.config_file, opts, datasets=args.dataset)
-    written = visualize_dataset(cfg, args.source, args.output, args.dataset_name, args.num)
+    try:
+        written = visualize_dataset(cfg, args.source, args.output, args.dataset_name, args.num)
+    except OSError as e:  # --output: not a folder, not writable, or replacing an input
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     print(f"Wrote {len(written)} pictures to {args.output}")
     return 0
 

@@ -34,8 +34,10 @@ from tqdm import tqdm
 
 from ..evaluation.ground_truth import PanopticGroundTruth
 from ..evaluation.pq import PQStats, image_pq_stats, summarize_pq
-from ..formats import OFFSET, load_panoptic_json, read_panoptic_png
+from ..formats import OFFSET, check_unique_ids, load_panoptic_json, read_panoptic_png
 from ..utils.io import atomic_write
+from ..utils.locks import run_lock
+from ..utils.paths import join_inside, prepare_output_dir
 from .visualize import GAP, draw_panoptic, fit, hstack, image_files_by_id, panel_size, save_png
 
 __all__ = [
@@ -216,7 +218,9 @@ def _read_predictions(folder: str) -> tuple[list[dict], str]:
             f"{path} does not exist: --predictions takes the folder an evaluation with "
             "TEST.SAVE_PREDICTIONS True wrote (OUTPUT_DIR/inference/<dataset>), holding "
             "predictions.json and predictions/")
-    return load_panoptic_json(path, keys=("annotations",))["annotations"], path
+    anns = load_panoptic_json(path, keys=("annotations",))["annotations"]
+    check_unique_ids(anns, path)  # a repeated image would be scored twice
+    return anns, path
 
 
 def analyze_predictions(dataset: str, predictions: str, progress: bool = True
@@ -229,7 +233,8 @@ def analyze_predictions(dataset: str, predictions: str, progress: bool = True
     results = []
     for pred in tqdm(anns, desc="analyze", unit="img", disable=not progress):
         gt_ann = gt.annotation(pred)
-        pred_file = os.path.join(predictions, "predictions", pred["file_name"])
+        pred_file = join_inside(os.path.join(predictions, "predictions"), pred["file_name"],
+                                json_path)
         pred_ids = read_panoptic_png(pred_file, pred["image_id"])
         image_file = files.get(gt_ann["image_id"], pred["file_name"])
         results.append(_image_result(gt, gt_ann, pred_ids, pred["segments_info"], image_file,
@@ -425,12 +430,18 @@ def analyze_results(cfg: CfgNode, output: str, dataset: str | None = None, worst
                     predictions: str | None = None, progress: bool = True) -> AnalysisResult:
     """What tools/analyze_results.py does: predictions of ``dataset`` (default
     ``DATASETS.TEST[0]``) from the model of ``cfg`` or the folder ``predictions``, then
-    ``output/per_image.csv``, ``worst/``, ``per_class.png`` and ``index.html``."""
+    ``output/per_image.csv``, ``worst/``, ``per_class.png`` and ``index.html``; one run
+    at a time per ``output`` (a lock, as training's)."""
     from ..engine.defaults import panoptic_metadata
 
     meta = panoptic_metadata(cfg, dataset, key="--dataset" if dataset else "DATASETS.TEST")
-    dataset = meta.name
-    os.makedirs(output, exist_ok=True)
+    prepare_output_dir(output)
+    with run_lock(output, what="another analysis", option="--output"):
+        return _analyze(cfg, output, meta.name, worst, predictions, progress)
+
+
+def _analyze(cfg: CfgNode, output: str, dataset: str, worst: int, predictions: str | None,
+             progress: bool) -> AnalysisResult:
     if predictions is None:
         predictions = os.path.join(output, "inference")
         run_model_predictions(cfg, dataset, predictions)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..utils.io import atomic_write
+from ..utils.paths import check_output_file, refuse_replacing_inputs
 
 __all__ = ["curve_panels", "draw_curves", "load_metrics", "plot_curves", "write_training_curves"]
 
@@ -28,19 +29,27 @@ _PQ_KEY = re.compile(r"(^|/)panoptic_seg/(PQ|PQ_th|PQ_st)$")
 
 def load_metrics(path: str) -> list[dict[str, Any]]:
     """The JSON lines of a ``metrics.json`` (a file or its run folder); a line cut by a kill is
-    skipped. Later lines for an iteration already seen replace it (a resumed run)."""
+    skipped. Later lines for an iteration already seen replace it (a resumed run). A missing
+    file, or one without any metrics line (empty, not metrics.json), is an error naming it."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.json")
     by_iter: dict[tuple[int, bool], dict] = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "iteration" in rec:
-                is_eval = any(_PQ_KEY.search(k) for k in rec)
-                by_iter.setdefault((int(rec["iteration"]), is_eval), {}).update(rec)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("iteration"), int | float):
+                    is_eval = any(_PQ_KEY.search(k) for k in rec)
+                    by_iter.setdefault((int(rec["iteration"]), is_eval), {}).update(rec)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: give a training OUTPUT_DIR (it "
+                                "holds metrics.json) or the metrics.json file") from None
+    if not by_iter:
+        raise ValueError(f"{path} holds no metrics line (a JSON object with an \"iteration\" "
+                         "per line, as training writes it): empty, or not a metrics.json")
     return [by_iter[k] for k in sorted(by_iter)]
 
 
@@ -111,13 +120,15 @@ def _run_names(paths: Sequence[str]) -> list[str]:
 
 def plot_curves(run_dirs: Sequence[str], output: str) -> Any:
     """Read each run's ``metrics.json``, draw them on one figure and write it to ``output``
-    (PNG, atomically); returns the Figure."""
+    (PNG, atomically); returns the Figure. ``output`` is checked before any reading."""
+    check_output_file(output)
+    refuse_replacing_inputs([output], [os.path.join(d, "metrics.json") if os.path.isdir(d)
+                                       else d for d in run_dirs])
     runs = {name: load_metrics(d) for name, d in zip(_run_names(run_dirs), run_dirs,
                                                      strict=True)}
     fig = draw_curves(runs)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     atomic_write(output, buf.getvalue())
     return fig
 

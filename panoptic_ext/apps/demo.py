@@ -17,7 +17,6 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 from tqdm import tqdm
 
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
@@ -25,6 +24,7 @@ from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
 from ..utils.io import atomic_write_json
+from ..utils.paths import check_output_file, refuse_replacing_inputs
 from . import exported_io
 
 __all__ = [
@@ -196,6 +196,10 @@ class PanopticDemo:
             _check_gui(cv2)
         if isinstance(source, str) and not os.path.isfile(source):
             raise VideoSourceError(f"cannot read {name}: no such file")
+        path = _video_output_path(source, output) if output else None
+        if path is not None:  # before any frame: a bad output, or the video itself
+            check_output_file(path)
+            refuse_replacing_inputs([path], [source] if isinstance(source, str) else [])
         cap = cv2.VideoCapture(source)
         if not cap.isOpened():
             raise VideoSourceError(f"cannot read {name}: OpenCV cannot open it as a video")
@@ -203,7 +207,6 @@ class PanopticDemo:
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 30.0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
-        path = _video_output_path(source, output) if output else None
         writer = None
         frames = 0
         try:
@@ -270,9 +273,14 @@ class PanopticDemo:
         return writer
 
     def run_files(self, files: Sequence[str], output: str) -> list[str]:
-        """Process files into `output`; returns the files that failed (reported on stderr)."""
-        os.makedirs(os.path.join(output, "panoptic"), exist_ok=True)
-        _check_name_clashes(files)
+        """Process files into `output`; returns the files that failed (reported on stderr).
+
+        The folder is checked and locked first (:func:`exported_io.output_run`): an output
+        that would replace an input, or a second run into the folder, is refused."""
+        with exported_io.output_run(files, output):
+            return self._run_files(files, output)
+
+    def _run_files(self, files: Sequence[str], output: str) -> list[str]:
         failed: list[str] = []
         annotations = []
         for path in tqdm(files, desc="demo", unit="img"):
@@ -288,8 +296,8 @@ class PanopticDemo:
             rgb, seg_json = panoptic_to_coco(ids, segments, self.metadata)
             stem = os.path.splitext(os.path.basename(path))[0]
             write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
-            picture = self.draw(image, predictions)
-            Image.fromarray(picture).save(os.path.join(output, _picture_name(path)))
+            exported_io.save_image(self.draw(image, predictions),
+                                   os.path.join(output, exported_io.picture_name(path)))
             annotations.append(
                 {
                     "image_id": stem,
@@ -305,22 +313,3 @@ class PanopticDemo:
             "categories": dataset_categories(self.metadata),
         })
         return failed
-
-
-def _picture_name(path: str) -> str:
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
-    # Keep the input's file name; formats PIL cannot write lossless-ly become PNG.
-    return base if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else stem + ".png"
-
-
-def _check_name_clashes(files: Sequence[str]) -> None:
-    owners: dict[str, str] = {}
-    for f in files:
-        stem = os.path.splitext(os.path.basename(f))[0]
-        if stem in owners:
-            raise ValueError(
-                f"Inputs {owners[stem]} and {f} would write the same outputs ({stem}.*); "
-                "rename one or run them into different --output folders"
-            )
-        owners[stem] = f

@@ -52,7 +52,8 @@ from ..modeling.postprocess import (
     segments_from_tensors,
 )
 from ..modeling.runtime import ONNX_OPSET, DenseGraph, RoiHeadGraph, check_exportable, onnx_bytes
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write, atomic_write_json, naming_path
+from ..utils.paths import prepare_output_dir, refuse_replacing_inputs
 from .onnx_pipeline import keep_signal_stack
 
 __all__ = [
@@ -79,6 +80,10 @@ _ONNX_TEMPLATE = os.path.join(_HERE, "run_onnx_template.py")
 # torch-free modules the runners import, copied next to them
 _RUNNER_MODULES = {"torchscript": ("exported_io.py",),
                    "onnx": ("exported_io.py", "onnx_pipeline.py")}
+# the standard-library helpers exported_io imports (output checks, lock, atomic writes), copied
+# as the runner's panoptic_utils/ package
+_UTILS = os.path.join(os.path.dirname(_HERE), "utils")
+_RUNNER_UTILS = ("panoptic_utils", ("__init__.py", "io.py", "locks.py", "paths.py"))
 
 
 # ---- scripted post-processing ---------------------------------------------------------------
@@ -254,6 +259,15 @@ def _model_for_export(cfg: CfgNode) -> tuple[CfgNode, Any, nn.Module]:
     return cfg, meta, model
 
 
+def _check_output(output_dir: str, cfg: CfgNode, sample_image: str | None) -> None:
+    """Before the slow trace: ``output_dir`` a folder that can be written, and no file of the
+    export replacing an input (the weights, the sample image)."""
+    prepare_output_dir(output_dir)
+    written = [*EXPORT_FILES.values(), *ONNX_FILES.values(), *_RUNNER_MODULES["onnx"]]
+    refuse_replacing_inputs([os.path.join(output_dir, name) for name in written],
+                            [p for p in (cfg.MODEL.WEIGHTS, sample_image) if p])
+
+
 def _copy_runner(output_dir: str, fmt: str) -> None:
     """run_exported.py (the format's template) and the modules it imports, into output_dir."""
     runner = os.path.join(output_dir, EXPORT_FILES["runner"])
@@ -261,6 +275,10 @@ def _copy_runner(output_dir: str, fmt: str) -> None:
     os.chmod(runner, 0o755)
     for name in _RUNNER_MODULES[fmt]:
         shutil.copyfile(os.path.join(_HERE, name), os.path.join(output_dir, name))
+    package, names = _RUNNER_UTILS
+    os.makedirs(os.path.join(output_dir, package), exist_ok=True)
+    for name in names:
+        shutil.copyfile(os.path.join(_UTILS, name), os.path.join(output_dir, package, name))
 
 
 class _Sample(NamedTuple):
@@ -290,7 +308,13 @@ def _sample_input(cfg: CfgNode, model: nn.Module, sample_image: str | None) -> _
     """The sample image (default: the first of DATASETS.TEST[0]) preprocessed like
     DefaultPredictor, and how many detections the eager model gives on it."""
     path = _sample_image(cfg, sample_image)
-    image, out_size = preprocess_like_predictor(cfg, read_image(path, format="BGR"))
+    try:
+        image = read_image(path, format="BGR")
+    except Exception as e:  # corrupt, truncated, not an image: PIL's many error types
+        what = "--sample-image" if sample_image else "the first image of DATASETS.TEST[0]"
+        raise ValueError(f"{what} {path} cannot be read as an image ({e}); pass a readable "
+                         "image with --sample-image") from e
+    image, out_size = preprocess_like_predictor(cfg, image)
     with torch.no_grad():
         num_det = len(model.inference([{"image": image}], do_postprocess=False)[0][0])
     return _Sample(path, image, out_size, num_det)
@@ -302,6 +326,7 @@ def export_torchscript(
     """Trace the model of `cfg` (weights MODEL.WEIGHTS) into `output_dir`/model.ts, write
     export_info.json and run_exported.py, and check the traced panoptic output against the
     eager model's on the sample image (default: the first image of DATASETS.TEST[0])."""
+    _check_output(output_dir, cfg, sample_image)
     cfg, meta, model = _model_for_export(cfg)
     module = PanopticExportModule(model).eval()
 
@@ -313,8 +338,8 @@ def export_torchscript(
         warnings.simplefilter("ignore")  # TracerWarnings about Python values in Detectron2
         traced = torch.jit.trace(module, (sample.image, sample.out_size), check_trace=False)
 
-    os.makedirs(output_dir, exist_ok=True)
-    traced.save(os.path.join(output_dir, EXPORT_FILES["model"]))
+    with naming_path(os.path.join(output_dir, EXPORT_FILES["model"])):
+        traced.save(os.path.join(output_dir, EXPORT_FILES["model"]))
     atomic_write_json(os.path.join(output_dir, EXPORT_FILES["info"]),
                       _export_info(cfg, module, meta), indent=2)
     _copy_runner(output_dir, "torchscript")
@@ -411,10 +436,7 @@ def _write_onnx_graphs(model: nn.Module, image: Tensor, output_dir: str) -> tupl
 
 
 def _save(output_dir: str, name: str, blob: bytes) -> None:
-    path = os.path.join(output_dir, name)
-    with open(path + ".tmp", "wb") as f:
-        f.write(blob)
-    os.replace(path + ".tmp", path)
+    atomic_write(os.path.join(output_dir, name), blob)  # a failure names the file
 
 
 def _category_pixels(pan: np.ndarray, ids, cats, isthing) -> np.ndarray:
@@ -478,12 +500,12 @@ def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
 
     from . import onnx_pipeline
 
+    _check_output(output_dir, cfg, sample_image)
     cfg, meta, model = _model_for_export(cfg)
     check_exportable(model)
     thresholds = PanopticExportModule(model)  # validates the merge; holds its thresholds
     sample = _sample_input(cfg, model, sample_image)
 
-    os.makedirs(output_dir, exist_ok=True)
     logger.info(f"Exporting ONNX graphs (opset {ONNX_OPSET}) to {output_dir}")
     has_mask, resolution = _write_onnx_graphs(model, sample.image, output_dir)
     info = _export_info(cfg, thresholds, meta)

@@ -5,27 +5,47 @@ tools/export_model.py copies this file next to the exported model, where ``run_e
 imports it; inside the package it is ``panoptic_ext.apps.exported_io``. What it writes follows
 tools/demo.py: OUT/panoptic/<stem>.png (COCO panoptic, id = R + 256 G + 256^2 B), a picture per
 image, and OUT/predictions.json (segments with the dataset's category ids, area, bbox).
+The output checks, lock and atomic writes are panoptic_ext.utils', copied next to the runner as
+``panoptic_utils/`` (standard library only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # inside the package
+    from ..utils.io import atomic_write_json, naming_path
+    from ..utils.locks import RunLockedError, run_lock
+    from ..utils.paths import prepare_output_dir, refuse_replacing_inputs
+except ImportError:  # imported as a top-level module: by a runner
+    try:  # copied next to run_exported.py, with panoptic_utils/
+        from panoptic_utils.io import atomic_write_json, naming_path
+        from panoptic_utils.locks import RunLockedError, run_lock
+        from panoptic_utils.paths import prepare_output_dir, refuse_replacing_inputs
+    except ImportError:  # a template run from the source tree, where the package is
+        from panoptic_ext.utils.io import atomic_write_json, naming_path
+        from panoptic_ext.utils.locks import RunLockedError, run_lock
+        from panoptic_ext.utils.paths import prepare_output_dir, refuse_replacing_inputs
+
 __all__ = [
     "categories",
+    "output_run",
     "picture",
     "picture_name",
     "preprocess_array",
+    "read_export_info",
     "read_image",
     "resized_size",
     "run_files",
+    "save_image",
     "to_8bit",
     "to_coco",
 ]
@@ -54,6 +74,21 @@ def read_image(path: str, input_format: str) -> np.ndarray:
         img = to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
         array = np.asarray(img)
     return array[:, :, ::-1] if input_format == "BGR" else array
+
+
+def read_export_info(path: str) -> dict:
+    """export_info.json; missing or malformed is an error naming it."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: --model-dir must be the export's "
+                                "folder") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}): re-export the model") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not an export_info.json: re-export the model")
+    return info
 
 
 def resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -146,6 +181,48 @@ def picture_name(path: str) -> str:
     return base if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else stem + ".png"
 
 
+def _planned_outputs(files: Sequence[str], output: str) -> list[str]:
+    """The files a run writes for ``files``; two inputs that would write the same one are
+    refused (one result would replace the other)."""
+    owners: dict[str, str] = {}
+    planned = [os.path.join(output, "predictions.json")]
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in owners:
+            raise ValueError(f"inputs {owners[stem]} and {f} would write the same outputs "
+                             f"({stem}.*); rename one or run them into different --output folders")
+        owners[stem] = f
+        planned += [os.path.join(output, "panoptic", stem + ".png"),
+                    os.path.join(output, picture_name(f))]
+    return planned
+
+
+@contextlib.contextmanager
+def output_run(files: Sequence[str], output: str) -> Iterator[None]:
+    """Hold the ``output`` folder for one run over ``files`` (demo or runner): checked (a folder
+    that can be written, no output replacing an input) and locked before any work, and the
+    previous run's predictions.json removed, so a crash never leaves it looking current (the
+    new one is written whole at the end)."""
+    planned = _planned_outputs(files, output)
+    prepare_output_dir(output)
+    refuse_replacing_inputs(planned, files)
+    with run_lock(output, what="another run writing results", option="--output"):
+        stale = planned[0]
+        if os.path.isfile(stale):
+            with naming_path(stale):
+                os.remove(stale)
+            print(f"removed the previous run's {stale}", file=sys.stderr)
+        with naming_path(os.path.join(output, "panoptic")):
+            os.makedirs(os.path.join(output, "panoptic"), exist_ok=True)
+        yield
+
+
+def save_image(array: np.ndarray, path: str) -> None:
+    """Save a picture or PNG result, a failure naming ``path``."""
+    with naming_path(path):
+        Image.fromarray(array).save(path)
+
+
 def run_files(
     files: Sequence[str],
     output: str,
@@ -155,15 +232,17 @@ def run_files(
     """Run `predict` (network input (3, H', W') float32 and the [H, W] output size -> the
     (panoptic, ids, cats, isthing, scores, instance ids, areas) arrays) on each image and write
     the results into `output`. Unreadable images are named on stderr and skipped; returns 1
-    if any was, else 0."""
-    stems: dict[str, str] = {}
-    for f in files:
-        stem = os.path.splitext(os.path.basename(f))[0]
-        if stem in stems:
-            raise SystemExit(f"inputs {stems[stem]} and {f} would write the same outputs "
-                             f"({stem}.*); rename one or run them into different --output folders")
-        stems[stem] = f
-    os.makedirs(os.path.join(output, "panoptic"), exist_ok=True)
+    if any was, else 0. A bad output folder, or one in use, is named on stderr (returns 1)."""
+    try:
+        with output_run(files, output):
+            return _run_files(files, output, info, predict)
+    except (OSError, ValueError, RunLockedError) as e:  # the output folder, or a write into it
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_files(files: Sequence[str], output: str, info: dict,
+               predict: Callable[[np.ndarray], Sequence[Any]]) -> int:
     annotations, failed = [], 0
     for n, path in enumerate(files):
         try:
@@ -176,16 +255,15 @@ def run_files(
         outputs = [np.asarray(t) for t in predict(preprocess_array(image, info), (h, w))]
         rgb, segments = to_coco(outputs, info)
         stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(rgb).save(os.path.join(output, "panoptic", stem + ".png"))
+        save_image(rgb, os.path.join(output, "panoptic", stem + ".png"))
         shown = image[:, :, ::-1] if info["input_format"] == "BGR" else image
-        Image.fromarray(picture(shown, outputs[0], segments)).save(
-            os.path.join(output, picture_name(path)))
+        save_image(picture(shown, outputs[0], segments), os.path.join(output, picture_name(path)))
         annotations.append({"image_id": stem, "file_name": stem + ".png",
                             "image_file": os.path.abspath(path),
                             "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                             "segments_info": segments})
         print(f"[{n + 1}/{len(files)}] {path}: {len(segments)} segments", file=sys.stderr)
-    with open(os.path.join(output, "predictions.json"), "w") as f:
-        json.dump({"annotations": annotations, "categories": categories(info)}, f)
+    atomic_write_json(os.path.join(output, "predictions.json"),
+                      {"annotations": annotations, "categories": categories(info)})
     print(f"wrote {len(annotations)} panoptic result(s) to {output}")
     return 1 if failed else 0

@@ -348,9 +348,14 @@ class OnnxPanoptic:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} is missing: re-export the model "
                                         "(tools/export_model.py --format onnx)")
-            if engine == "openvino":
-                return _OpenVINOSession(path, threads)
-            return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            try:
+                if engine == "openvino":
+                    return _OpenVINOSession(path, threads)
+                return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # each engine has its own error types
+                raise ValueError(f"{path} cannot be loaded by {engine} ({e}); the file is "
+                                 "damaged or incomplete: re-export the model "
+                                 "(tools/export_model.py --format onnx)") from e
 
         self.dense = session("dense")
         self.box_head = session("box_head")

@@ -16,7 +16,6 @@ Copied from panoptic_ext/apps/run_exported_template.py by tools/export_model.py.
 """
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -30,6 +29,7 @@ if HERE not in sys.path:
 
 from exported_io import (  # noqa: E402
     preprocess_array,
+    read_export_info,
     read_image,
     resized_size,
     run_files,
@@ -58,9 +58,17 @@ def main(argv=None) -> int:
     p.add_argument("--model-dir", default=HERE, help="folder of model.ts and export_info.json")
     args = p.parse_args(argv)
 
-    with open(os.path.join(args.model_dir, "export_info.json")) as f:
-        info = json.load(f)
-    model = torch.jit.load(os.path.join(args.model_dir, "model.ts"), map_location="cpu").eval()
+    model_path = os.path.join(args.model_dir, "model.ts")
+    try:
+        info = read_export_info(os.path.join(args.model_dir, "export_info.json"))
+        try:
+            model = torch.jit.load(model_path, map_location="cpu").eval()
+        except (OSError, RuntimeError) as e:  # missing, truncated, not TorchScript
+            raise ValueError(f"{model_path} cannot be loaded ({e}); re-export the model "
+                             "(tools/export_model.py)") from e
+    except (OSError, ValueError) as e:  # a missing or damaged file of the export, named
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
 
     def predict(chw, out_size):
         with torch.no_grad():

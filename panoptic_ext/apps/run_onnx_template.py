@@ -20,7 +20,6 @@ exported_io.py and onnx_pipeline.py next to it.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -28,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from exported_io import run_files  # noqa: E402
+from exported_io import read_export_info, run_files  # noqa: E402
 from onnx_pipeline import ENGINES, OnnxPanoptic  # noqa: E402
 
 
@@ -47,11 +46,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     info_path = os.path.join(args.model_dir, "export_info.json")
-    with open(info_path) as f:
-        info = json.load(f)
-    if "onnx" not in info:
-        p.error(f"{info_path} is not an ONNX export (re-export with --format onnx)")
-    model = OnnxPanoptic(args.model_dir, info, threads=args.threads, engine=args.engine)
+    try:
+        info = read_export_info(info_path)
+        if "onnx" not in info:
+            p.error(f"{info_path} is not an ONNX export (re-export with --format onnx)")
+        model = OnnxPanoptic(args.model_dir, info, threads=args.threads, engine=args.engine)
+    except (OSError, ValueError) as e:  # a missing or damaged file of the export, named
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     return run_files(args.images, args.output, info, model)
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..data.metadata import VOID_LABEL
 from ..evaluation.ground_truth import PanopticGroundTruth
 from ..utils.io import atomic_write
+from ..utils.paths import prepare_output_dir, refuse_replacing_inputs
 
 __all__ = [
     "SOURCES",
@@ -141,13 +142,18 @@ def visualize_annotations(dataset: str, output: str, num: int | None = None,
     meta = MetadataCatalog.get(dataset)
     files = image_files_by_id(dataset)
     image_ids = [i for i in gt.image_ids if i in files][:num]
+    paths = {i: os.path.join(output, _stem(files[i]) + ".png") for i in image_ids}
+    prepare_output_dir(output)
+    gt_files = [os.path.join(gt.root, gt.annotation({"image_id": i})["file_name"])
+                for i in image_ids]
+    refuse_replacing_inputs(paths.values(), [*files.values(), *gt_files])  # PNG images, GT
     written = []
     for image_id in tqdm(image_ids, desc="annotations", unit="img", disable=not progress):
         ann = gt.annotation({"image_id": image_id})
         image = read_image(files[image_id], format="RGB")
         ids = gt.read(ann)
         picture = draw_panoptic(image, ids, ann["segments_info"], meta, gt.categories)
-        path = os.path.join(output, _stem(files[image_id]) + ".png")
+        path = paths[image_id]
         save_png(path, picture)
         written.append(path)
     return written
@@ -219,6 +225,7 @@ def visualize_dataset(cfg: CfgNode, source: str, output: str, dataset: str | Non
         if dataset is not None:
             raise ValueError("--source dataloader draws DATASETS.TRAIN; set it rather than "
                              "--dataset-name")
+        prepare_output_dir(output)  # before the loader starts
         return visualize_dataloader(cfg, output, 8 if num is None else num, progress)
     from ..engine.defaults import panoptic_metadata
 

@@ -258,6 +258,19 @@ def _image_id(instance_png: str) -> str:
     return os.path.basename(instance_png).replace("_gtFine_instanceIds.png", "")
 
 
+def _check_images(image_root: str, sources: Sequence[str], limit: int = 5) -> None:
+    """Every gtFine frame needs its leftImg8bit image: a dataset listing images that do not
+    exist would fail later, in training or evaluation, far from the cause."""
+    missing = [(f, p) for f in sources
+               if not os.path.isfile(p := cityscapes_image_file(image_root, _image_id(f)))]
+    if missing:
+        shown = "; ".join(f"{p} (for {f})" for f, p in missing[:limit])
+        more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+        raise FileNotFoundError(
+            f"{len(missing)} gtFine frame(s) have no image: {shown}{more}. Unpack "
+            "leftImg8bit_trainvaltest.zip into cityscapes/ again (see datasets/README.md)")
+
+
 def _convert_split(split: str, paths: dict[str, str], workers: int, force: bool,
                    progress: bool) -> tuple[int, int]:
     """Run the panoptic conversion on the stale files of a split; (converted, up to date)."""
@@ -266,6 +279,7 @@ def _convert_split(split: str, paths: dict[str, str], workers: int, force: bool,
         raise FileNotFoundError(
             f"{paths['gt_dir']} has no <city>/*_gtFine_instanceIds.png; unpack "
             "gtFine_trainvaltest.zip into cityscapes/ (see datasets/README.md)")
+    _check_images(paths["image_root"], sources)
     panoptic_root = paths["panoptic_root"]
     os.makedirs(panoptic_root, exist_ok=True)
     old = read_json_or_none(paths["panoptic_json"]) if not force else None

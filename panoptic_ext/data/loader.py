@@ -34,6 +34,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -250,15 +251,33 @@ class ResumableTrainingSampler(TrainingSampler):
 
 
 def train_dataset_dicts(cfg: CfgNode) -> Any:
-    """The same dicts Detectron2's config-driven loader would build."""
-    return get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+    """The same dicts Detectron2's config-driven loader would build; a training set without
+    any segment, or with no image left after filtering, is an error naming DATASETS.TRAIN
+    (Detectron2 only asserts "No valid data found", or trains on nothing)."""
+    names = tuple(cfg.DATASETS.TRAIN)
+    dicts = get_detection_dataset_dicts(
+        names,
+        filter_empty=False,  # below, so an empty result gets our message
         min_keypoints=(
             cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
         ),
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
+    if not isinstance(dicts, list):  # an iterable dataset: nothing to check up front
+        return dicts
+    if not any(d.get("annotations") or d.get("segments_info") for d in dicts):
+        raise ValueError(
+            f"DATASETS.TRAIN {names} has no segment in any of its {len(dicts)} images (no "
+            "instance, no segments_info): there is nothing to learn. Check the dataset's "
+            "annotation JSON")
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and "annotations" in dicts[0]:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+        if not dicts:
+            raise ValueError(
+                f"DATASETS.TRAIN {names} has no image left after filtering: none has a "
+                "non-crowd instance. Pass DATALOADER.FILTER_EMPTY_ANNOTATIONS False to train "
+                "on stuff only, or check the instance annotations")
+    return dicts
 
 
 def build_train_loader(

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..utils.io import atomic_write, atomic_writer
+from ..utils.io import WriteError, atomic_write, atomic_writer
 from .weights import (  # noqa: F401  (head checks kept importable from here)
     HeadShapeMismatch,
     check_head_shapes,
@@ -18,6 +18,7 @@ from .weights import (  # noqa: F401  (head checks kept importable from here)
 
 __all__ = [
     "AtomicCheckpointer",
+    "CheckpointSaveError",
     "HeadShapeMismatch",
     "atomic_write_bytes",
     "check_head_shapes",
@@ -32,6 +33,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     atomic_write(path, data, durable=True)
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written: the run stops with this message."""
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose checkpoint files and `last_checkpoint` pointer appear whole
     or not at all: a SIGKILL during a save leaves the previous checkpoint and pointer intact.
@@ -42,6 +47,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
                  **kwargs: Any):
         super().__init__(model, save_dir, **kwargs)
         self.trust_file = trust_file
+        self.save_error: CheckpointSaveError | None = None  # set by a failed save
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -53,9 +59,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        with atomic_writer(save_file, durable=True) as f:
-            torch.save(data, f)
-        self.tag_last_checkpoint(basename)
+        try:
+            with atomic_writer(save_file, durable=True) as f:
+                torch.save(data, f)
+            self.tag_last_checkpoint(basename)
+        except (OSError, RuntimeError) as e:  # torch's writer raises RuntimeError (disk full)
+            previous = (f"the previous checkpoint ({super().get_checkpoint_file()}) is intact"
+                        if self.has_checkpoint() else "no earlier checkpoint exists")
+            self.save_error = CheckpointSaveError(
+                f"{e if isinstance(e, WriteError) else WriteError(save_file, e)}; {previous}. "
+                "Free space or fix the folder's permissions, then rerun with --resume")
+            raise self.save_error from e
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         """Every checkpoint read (resume included) goes through :func:`read_checkpoint`."""

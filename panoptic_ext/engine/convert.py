@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from ..utils.io import atomic_write
+from ..utils.paths import check_output_file, refuse_replacing_inputs
 from .weights import WeightsError, read_checkpoint
 
 __all__ = ["ConversionReport", "save_safetensors"]
@@ -61,6 +62,8 @@ def save_safetensors(
     if not output.endswith(".safetensors"):
         raise WeightsError(f"output {output} must end in .safetensors (MODEL.WEIGHTS reads it "
                            "by that suffix)")
+    check_output_file(output, "output")  # a folder, or nowhere to write: before the work
+    refuse_replacing_inputs([output], [source.split("?", 1)[0]], "output")
     if os.path.exists(output) and not force:
         raise FileExistsError(f"{output} already exists; pass --force to replace it")
     checkpoint = read_checkpoint(source, trust_file=trust_file)
@@ -87,9 +90,7 @@ def save_safetensors(
     if checkpoint.get("__author__"):
         metadata["__author__"] = str(checkpoint["__author__"])
     data = safetensors_bytes(tensors, metadata=metadata)
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    atomic_write(output, data, durable=True)
+    atomic_write(output, data, durable=True)  # a failure names output
     logger.info(f"Wrote {len(tensors)} tensors ({len(data) / 2**20:.1f} MiB) of {source} to "
                 f"{output}")
     return ConversionReport(output=output, tensors=len(tensors), bytes=len(data),

@@ -33,7 +33,8 @@ from detectron2.config import CfgNode
 
 from ..data.loader import train_dataset_dicts  # the dicts the training loader uses (filtered)
 
-__all__ = ["check_epoch_keys", "epochs_to_iterations", "resolve_epochs", "saved_resolution"]
+__all__ = ["check_epoch_keys", "check_schedule", "epochs_to_iterations", "resolve_epochs",
+           "saved_resolution"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +207,29 @@ def _check_resolved(cfg: CfgNode) -> None:
             f"{cfg.SOLVER.IMS_PER_BATCH} or {', '.join(wrong) or 'an *_EPOCHS key'} no longer "
             "match it. Pass SOLVER.MAX_ITER 0 to convert the epochs again"
         )
+
+
+def check_schedule(cfg: CfgNode) -> None:
+    """Checks of a resolved schedule (iterations) before Detectron2 rescales and runs it.
+
+    A total batch ``SOLVER.IMS_PER_BATCH`` that ``SOLVER.REFERENCE_WORLD_SIZE`` does not divide
+    (an override on a recipe written for 8 processes) is an error naming both keys (Detectron2
+    only asserts); a warm-up as long as training is warned about (the LR never reaches
+    ``SOLVER.BASE_LR``).
+    """
+    s = cfg.SOLVER
+    if s.REFERENCE_WORLD_SIZE and s.IMS_PER_BATCH % s.REFERENCE_WORLD_SIZE:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {s.IMS_PER_BATCH} is not a multiple of "
+            f"SOLVER.REFERENCE_WORLD_SIZE {s.REFERENCE_WORLD_SIZE}: the config was written for "
+            f"{s.REFERENCE_WORLD_SIZE} processes and its batch, LR and schedule are rescaled "
+            "to the processes of this run from that count. Pass SOLVER.REFERENCE_WORLD_SIZE 0 "
+            "to use your SOLVER.IMS_PER_BATCH (and LR, schedule) as given, or a batch that "
+            f"is a multiple of {s.REFERENCE_WORLD_SIZE}")
+    if s.WARMUP_ITERS >= s.MAX_ITER > 0 and s.WARMUP_FACTOR < 1.0:
+        keys = ("SOLVER.WARMUP_EPOCHS and SOLVER.EPOCHS" if s.EPOCHS and s.WARMUP_EPOCHS
+                else "SOLVER.WARMUP_ITERS and SOLVER.MAX_ITER")
+        logger.warning(
+            f"The warm-up ({keys}: {s.WARMUP_ITERS} of {s.MAX_ITER} iterations) lasts the "
+            "whole training: the LR never reaches SOLVER.BASE_LR. Shorten the warm-up or "
+            "train longer")

@@ -24,12 +24,13 @@ from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
 from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
+from ..modeling.loss_balancing import balancing_setting, check_resumed_balancing
 from ..utils.io import TEMP_SUFFIX
 from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
 from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
-from .schedule import resolve_epochs
+from .schedule import check_schedule, resolve_epochs
 from .train_loop import PanopticTrainLoop, autocast_dtype_for
 from .weights import load_weights, trust_weights_file
 
@@ -61,6 +62,7 @@ class Trainer(DefaultTrainer):
         # Epochs -> iterations first (a no-op on setup()'s resolved config), then the
         # REFERENCE_WORLD_SIZE rescaling of those iterations.
         cfg = resolve_epochs(cfg)
+        check_schedule(cfg)  # batch vs REFERENCE_WORLD_SIZE, warm-up vs training
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         device_type = torch.device(cfg.MODEL.DEVICE).type
@@ -158,9 +160,12 @@ class Trainer(DefaultTrainer):
         if self._sampler is not None:
             ret["data_seed"] = self._sampler.seed
         ret["rng"] = _rng_state()
+        ret["loss_balancing"] = balancing_setting(self.cfg)
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:
+        check_resumed_balancing(state_dict.get("loss_balancing"), balancing_setting(self.cfg),
+                                f"the checkpoint in {self.cfg.OUTPUT_DIR}")
         super().load_state_dict(state_dict)
         if self._sampler is not None and "data_seed" in state_dict:
             self._sampler.seed = state_dict["data_seed"]
@@ -195,6 +200,13 @@ class Trainer(DefaultTrainer):
             self._sampler.skip = self.start_iter * (
                 self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             )
+
+    def after_train(self) -> None:
+        """After a failed checkpoint save the run stops with that error: no final evaluation,
+        as if the weights had been saved."""
+        if self.checkpointer.save_error is not None:
+            self._hooks = [h for h in self._hooks if not isinstance(h, hooks.EvalHook)]
+        super().after_train()
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):

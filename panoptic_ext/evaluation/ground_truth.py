@@ -13,7 +13,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
 from ..data.metadata import contiguous_to_dataset_ids
-from ..formats import PanopticFormatError, load_panoptic_json, read_panoptic_png
+from ..formats import (
+    PanopticFormatError,
+    check_unique_ids,
+    load_panoptic_json,
+    read_panoptic_png,
+)
+from ..utils.paths import join_inside
 
 __all__ = ["PanopticGroundTruth"]
 
@@ -51,6 +57,7 @@ class PanopticGroundTruth:
             json_path = PathManager.get_local_path(self.metadata.panoptic_json)
             data = load_panoptic_json(json_path)
             anns = data["annotations"]
+            check_unique_ids(anns, json_path)
             self._index = {
                 "json": json_path,
                 "root": PathManager.get_local_path(self.metadata.panoptic_root),
@@ -100,7 +107,8 @@ class PanopticGroundTruth:
 
     def read(self, ann: Mapping[str, Any]) -> np.ndarray:
         """The annotation's id map."""
-        return read_panoptic_png(os.path.join(self._load()["root"], ann["file_name"]),
+        index = self._load()
+        return read_panoptic_png(join_inside(index["root"], ann["file_name"], index["json"]),
                                  ann["image_id"])
 
     def load(self, inp: Mapping[str, Any]) -> tuple[Any, np.ndarray, list]:

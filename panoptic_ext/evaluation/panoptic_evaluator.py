@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
-from ..formats import OFFSET, PanopticFormatError, encode_panoptic_png
+from ..formats import OFFSET, PanopticFormatError, write_panoptic_png
+from ..utils.io import atomic_write_json
+from ..utils.paths import prepare_output_dir
 from .ground_truth import PanopticGroundTruth
 from .pq import (
     PQStats,
@@ -116,8 +117,9 @@ class PanopticEvaluator(DatasetEvaluator):
         self._save = bool(save_panoptic)
         if self._save and not output_dir:
             raise ValueError("save_panoptic=True needs an output_dir")
-        if self._save:
-            PathManager.mkdirs(os.path.join(output_dir, "predictions"))
+        if self._save:  # checked now, not after the whole inference
+            prepare_output_dir(os.path.join(output_dir, "predictions"),
+                               "TEST.SAVE_PREDICTIONS")
         self._backend = check_pq_backend(backend, "backend")
         if backend == "hotcoco" and not hotcoco_available():
             raise ImportError("PQ backend 'hotcoco' needs the hotcoco package (pip install "
@@ -171,6 +173,10 @@ class PanopticEvaluator(DatasetEvaluator):
         self._stats = PQStats()
         self._image_ids: set = set()
         self._predictions: list[dict] = []
+        stale = os.path.join(self._output_dir or "", "predictions.json")
+        if self._save and comm.is_main_process() and os.path.isfile(stale):
+            os.remove(stale)  # an earlier run's: a crash must not leave it looking current
+            logger.info(f"Removed the earlier {stale}; this evaluation writes it at its end")
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
@@ -228,9 +234,7 @@ class PanopticEvaluator(DatasetEvaluator):
         self, inp: Mapping[str, Any], image_id: Any, pred: np.ndarray, segments: list[dict]
     ) -> None:
         file_name = _stem_png(inp.get("file_name", f"{image_id}.png"))
-        path = os.path.join(self._predictions_dir(), file_name)
-        with PathManager.open(path, "wb") as f:
-            f.write(encode_panoptic_png(pred))
+        write_panoptic_png(os.path.join(self._predictions_dir(), file_name), pred)
         self._predictions.append({"image_id": image_id, "file_name": file_name,
                                   "segments_info": _json_safe(copy.deepcopy(segments))})
 
@@ -281,8 +285,7 @@ class PanopticEvaluator(DatasetEvaluator):
         data["annotations"] = predictions
         folder = folder or self._output_dir
         path = os.path.join(folder, "predictions.json")
-        with PathManager.open(path, "w") as f:
-            json.dump(data, f)
+        atomic_write_json(path, data)  # whole or not at all; a failure names it
         if folder == self._output_dir:
             logger.info(f"Wrote {len(predictions)} panoptic predictions to {path} and "
                         f"{os.path.join(self._output_dir, 'predictions')}/")

@@ -12,7 +12,8 @@ reference implementation rule for rule, including its quirks, so results agree t
 * the crowd region of a category is the *last* crowd segment of it in ``segments_info``,
   not the union of them;
 * id 0 is void only when no segment claims it; GT ids missing from the JSON are neither
-  void nor segments; duplicate ids in ``segments_info``: the last entry wins.
+  void nor segments; duplicate ids in ``segments_info``: the last entry wins (per image;
+  the file-based evaluation refuses JSONs listing an image or segment id twice).
 
 One deliberate difference: a group (Things or Stuff) without any category seen gets
 PQ = SQ = RQ = 0 with ``n == 0`` where panopticapi raises ZeroDivisionError.
@@ -40,10 +41,12 @@ from ..formats import (
     OFFSET,
     VOID,
     PanopticFormatError,
+    check_unique_ids,
     load_panoptic_json,
     read_panoptic_png,
     rgb_to_id,
 )
+from ..utils.paths import join_inside
 from ..utils.pools import safe_pool
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "PanopticFormatError",
     "PQStats",
     "compute_stats_from_files",
+    "default_folder",
     "evaluate_files",
     "image_pq_stats",
     "read_panoptic_png",
@@ -822,6 +826,12 @@ def _resolve_backend(backend: str, gt_json: Mapping[str, Any], pred_json: Mappin
     return ("panoptic_ext", why) if why else ("hotcoco", None)
 
 
+def default_folder(json_file: str) -> str:
+    """The PNG folder of a panoptic JSON: its path without the ``.json`` suffix (panopticapi
+    removes every ``.json`` in the path, folder names included)."""
+    return json_file[:-len(".json")] if json_file.endswith(".json") else json_file
+
+
 def evaluate_files(
     gt_json_file: str,
     pred_json_file: str,
@@ -830,6 +840,7 @@ def evaluate_files(
     workers: int | None = None,
     backend: str = "auto",
     check_range: bool = True,
+    allow_outside: bool = False,
 ) -> tuple[dict, PQStats, dict]:
     """``pq_compute`` that also returns the accumulated stats and the GT categories.
 
@@ -838,18 +849,27 @@ def evaluate_files(
     "panoptic_ext" always runs ours. Input hotcoco rejects is re-run by ours, so errors are
     always ours (naming image and segment). ``workers`` applies to ours (hotcoco uses all
     cores). ``check_range`` raises :class:`ImpossiblePQError` (naming the GT segments whose
-    JSON area is wrong) instead of returning a PQ, SQ or RQ outside [0, 1].
+    JSON area is wrong) instead of returning a PQ, SQ or RQ outside [0, 1]. Unlike
+    panopticapi, an image or segment id listed twice is an error (it would count twice, or
+    hide the first), and so is a ``file_name`` leading out of its folder unless
+    ``allow_outside``.
     """
     gt_json = load_panoptic_json(gt_json_file)
     pred_json = load_panoptic_json(pred_json_file, keys=("annotations",))
     if gt_folder is None:
-        gt_folder = gt_json_file.replace(".json", "")
+        gt_folder = default_folder(gt_json_file)
     if pred_folder is None:
-        pred_folder = pred_json_file.replace(".json", "")
+        pred_folder = default_folder(pred_json_file)
     if not os.path.isdir(gt_folder):
         raise FileNotFoundError(f"Folder {gt_folder} with ground truth segmentations doesn't exist")
     if not os.path.isdir(pred_folder):
         raise FileNotFoundError(f"Folder {pred_folder} with predicted segmentations doesn't exist")
+    for data, path, folder in ((gt_json, gt_json_file, gt_folder),
+                               (pred_json, pred_json_file, pred_folder)):
+        check_unique_ids(data["annotations"], path)
+        for ann in data["annotations"]:
+            if isinstance(ann, Mapping) and isinstance(ann.get("file_name"), str):
+                join_inside(folder, ann["file_name"], path, allow_outside)
     categories = {el["id"]: el for el in gt_json["categories"]}
 
     chosen, why = _resolve_backend(backend, gt_json, pred_json)
@@ -890,17 +910,18 @@ def pq_compute(
     verbose: bool = False,
     backend: str = "auto",
     check_range: bool = True,
+    allow_outside: bool = False,
 ) -> dict:
     """Drop-in for ``panopticapi.evaluation.pq_compute``: same arguments, result and errors.
 
     Folders default to the json path without ``.json`` as in panopticapi. ``workers``
     (default: all CPUs) sets our decoding processes; ``backend`` is as in
-    :func:`evaluate_files`, as is ``check_range`` (False: return impossible numbers as
-    panopticapi does); ``verbose`` prints panopticapi's table.
+    :func:`evaluate_files`, as are ``check_range`` (False: return impossible numbers as
+    panopticapi does) and ``allow_outside``; ``verbose`` prints panopticapi's table.
     """
     start = time.perf_counter()
     results, _, _ = evaluate_files(gt_json_file, pred_json_file, gt_folder, pred_folder, workers,
-                                   backend, check_range)
+                                   backend, check_range, allow_outside)
     if verbose:
         print(format_pq_table(results))
         print(f"Time elapsed: {time.perf_counter() - start:0.2f} seconds")

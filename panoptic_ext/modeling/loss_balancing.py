@@ -34,7 +34,8 @@ import torch
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-__all__ = ["BALANCING_GROUPS", "BALANCING_MODES", "LossBalancer", "build_loss_balancer"]
+__all__ = ["BALANCING_GROUPS", "BALANCING_MODES", "LossBalancer", "balancing_setting",
+           "build_loss_balancer", "check_resumed_balancing"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,31 @@ def build_loss_balancer(cfg) -> LossBalancer | None:
     if grouping == "task":
         return LossBalancer({"semantic": SEMANTIC_TERMS, "instance": INSTANCE_TERMS})
     return LossBalancer({t: (t,) for t in (*SEMANTIC_TERMS, *INSTANCE_TERMS)})
+
+
+_KEYS = ("LOSS_BALANCING", "LOSS_BALANCING_GROUPS")
+
+
+def balancing_setting(cfg) -> dict[str, str]:
+    """The settings that decide the balancer's parameters (and so the optimizer's groups),
+    saved with each checkpoint so a resume can tell which one changed."""
+    ext = cfg.MODEL.PANOPTIC_EXT
+    setting = {key: str(ext[key]).lower() for key in _KEYS}
+    if setting["LOSS_BALANCING"] == "fixed":  # no parameters: the grouping does not matter
+        setting.pop("LOSS_BALANCING_GROUPS")
+    return setting
+
+
+def check_resumed_balancing(saved: dict[str, str] | None, current: dict[str, str],
+                            checkpoint: str = "the checkpoint") -> None:
+    """A resume whose loss balancing differs from the checkpoint's cannot load its optimizer
+    state (torch only says a parameter group does not match): name the setting instead."""
+    if saved is None or saved == current:
+        return
+    changed = [f"MODEL.PANOPTIC_EXT.{key} {saved.get(key, '(unused)')!r} in {checkpoint}, "
+               f"{current.get(key, '(unused)')!r} now" for key in _KEYS
+               if saved.get(key) != current.get(key)]
+    raise ValueError(
+        f"Cannot resume: {'; '.join(changed)}. The optimizer state saved with other loss "
+        "weights does not fit. Resume with the checkpoint's setting, or start a new run "
+        "(another OUTPUT_DIR) from these weights with MODEL.WEIGHTS and this setting")

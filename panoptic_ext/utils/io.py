@@ -10,10 +10,31 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_writer", "read_json_or_none",
-           "TEMP_SUFFIX"]
+__all__ = ["WriteError", "atomic_write", "atomic_write_json", "atomic_writer", "naming_path",
+           "read_json_or_none", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" next to the target
+
+
+class WriteError(OSError):
+    """A write that failed, naming the file (an OS error alone often names a temp file or
+    nothing at all)."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        reason = getattr(cause, "strerror", None) or str(cause)
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+
+
+@contextlib.contextmanager
+def naming_path(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError of the block as :class:`WriteError` naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(os.fspath(path), e) from e
 
 
 def _fsync_dir(path: str) -> None:
@@ -36,22 +57,25 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, durable: bool = 
     is removed and ``path`` is untouched.
 
     ``durable`` also fsyncs the file and its folder (checkpoints: the rename must survive a
-    power cut, not only a killed process).
+    power cut, not only a killed process). An OSError is raised as :class:`WriteError`
+    naming ``path``.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX,
-                               dir=folder)
+    with naming_path(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX,
+                                   dir=folder)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with naming_path(path):
+            with os.fdopen(fd, mode) as f:
+                yield f
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
     if durable:

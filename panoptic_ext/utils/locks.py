@@ -1,4 +1,6 @@
-"""Inter-process lock, so concurrent processes (DDP ranks, two runs) do one job once."""
+"""Inter-process lock, so concurrent processes (DDP ranks, two runs) do one job once.
+
+Standard library only: copied next to the exported runner with the rest of this package."""
 
 from __future__ import annotations
 
@@ -40,12 +42,13 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | os.PathLike, name: str = ".run.lock", what: str = "a training run"
-             ) -> Iterator[None]:
+def run_lock(folder: str | os.PathLike, name: str = ".run.lock", what: str = "a training run",
+             option: str = "OUTPUT_DIR") -> Iterator[None]:
     """Hold ``folder/name`` (holding ``pid host``) for the block, so only one process writes
     the folder's outputs; a second one gets :class:`RunLockedError` naming the folder and pid.
 
-    A lock left by a killed process (its pid no longer running on this host) is taken over,
+    ``option`` is the setting that names the folder, for the message. A lock left by a killed
+    process (its pid no longer running on this host) is taken over,
     with a log line; a lock from another host is respected (its pid cannot be checked here).
     """
     import logging
@@ -70,7 +73,7 @@ def run_lock(folder: str | os.PathLike, name: str = ".run.lock", what: str = "a 
             if pid > 0 and (other_host != host or _alive(pid)):
                 raise RunLockedError(
                     f"{folder} is in use by {what} (pid {pid} on {other_host}, lock file "
-                    f"{path}); wait for it to end or use another OUTPUT_DIR. If no such "
+                    f"{path}); wait for it to end or use another {option}. If no such "
                     "process runs, delete the lock file") from None
             logging.getLogger(__name__).warning(
                 f"Removing stale lock {path} (pid {pid} on {other_host} no longer runs)")

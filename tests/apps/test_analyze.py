@@ -34,7 +34,8 @@ from panoptic_ext.evaluation import (
     image_pq_stats,
     pq_compute,
 )
-from panoptic_ext.formats import read_panoptic_png, write_panoptic_png
+from panoptic_ext.formats import PanopticFormatError, read_panoptic_png, write_panoptic_png
+from panoptic_ext.utils.locks import RunLockedError, run_lock
 from tests.helpers.tools import FAST, SYNTHETIC_CONFIG
 
 VAL = "synthetic_panoptic_val_separated"
@@ -224,3 +225,31 @@ def test_save_predictions_rescores_to_the_reported_pq(data, tmp_path):
         # and the analysis reads them back to the same numbers
         results = analyze_predictions(VAL, str(folder), progress=False)
         assert len(results) == len(images) and results[0].pq < 100
+
+
+def test_repeated_or_outside_predictions_are_refused(data, tmp_path):
+    gt, images = _ground_truth_images()
+    preds = tmp_path / "preds"
+    _write_predictions(str(preds), gt, images[:2], inject_first=False)
+    path = preds / "predictions.json"
+    saved = json.loads(path.read_text())
+    first = saved["annotations"][0]
+    path.write_text(json.dumps({**saved, "annotations": saved["annotations"] * 2}))
+    with pytest.raises(PanopticFormatError,
+                       match=rf"{path}: image id {first['image_id']!r} is listed twice"):
+        analyze_predictions(VAL, str(preds), progress=False)
+    first["file_name"] = "../../" + first["file_name"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"file_name '\.\./\.\./.*' leads outside"):
+        analyze_predictions(VAL, str(preds), progress=False)
+
+
+def test_one_analysis_per_output_folder(data, tmp_path):
+    cfg = setup_cfg(SYNTHETIC_CONFIG, FAST, eval_only=True)
+    out = tmp_path / "analysis"
+    with run_lock(out, what="another analysis", option="--output"):
+        with pytest.raises(RunLockedError, match=f"{out} is in use by another analysis"):
+            analyze_results(cfg, str(out), predictions=str(tmp_path / "nowhere"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="--output: .*file is a file, not a folder"):
+        analyze_results(cfg, str(tmp_path / "file"), predictions=str(tmp_path / "nowhere"))

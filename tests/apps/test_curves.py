@@ -80,3 +80,23 @@ def test_training_curves_failure_only_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="panoptic_ext"):
         assert write_training_curves(str(tmp_path / "nothing")) is None
     assert "Could not plot the training curves" in caplog.text
+
+
+def test_missing_empty_or_malformed_metrics_and_bad_output_named(tmp_path, capsys):
+    from tests.helpers.tools import tool_main
+
+    plot = tool_main("plot_curves.py")
+    out = str(tmp_path / "c.png")
+    assert plot([str(tmp_path / "none"), "--output", out]) == 1
+    assert f"{tmp_path / 'none'} does not exist: give a training" in capsys.readouterr().err
+    for name, text in (("empty", ""), ("malformed", "{oops\n[1, 2]\n"), ("binary", "\x00\xff")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(text)
+        assert plot([str(tmp_path / name), "--output", out]) == 1
+        assert f"{tmp_path / name / 'metrics.json'} holds no metrics line" in \
+            capsys.readouterr().err
+    run = _write_run(tmp_path / "run")
+    assert plot([str(run), "--output", str(tmp_path)]) == 1  # a folder
+    assert f"--output: {tmp_path} is a folder" in capsys.readouterr().err
+    assert plot([str(run), "--output", str(run / "metrics.json")]) == 1
+    assert "would replace the input" in capsys.readouterr().err

@@ -177,3 +177,22 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
     for runner in runners:
         assert runner.engine == "openvino"
         assert (runner(chw, image.shape[:2])[0] == ref[0]).mean() >= 0.999
+
+
+def test_bad_output_or_sample_image_named_before_the_trace(tmp_path):
+    from panoptic_ext.apps.export import _sample_input, export_onnx, export_torchscript
+
+    cfg = synthetic_cfg(["MODEL.WEIGHTS", str(tmp_path / "w.pth")])
+    (tmp_path / "afile").write_text("")
+    for export in (export_torchscript, export_onnx):
+        with pytest.raises(OSError, match=f"--output: {tmp_path / 'afile'} is a file"):
+            export(cfg, str(tmp_path / "afile"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.ts").write_text("my weights")  # MODEL.WEIGHTS named model.ts
+    cfg.MODEL.WEIGHTS = str(tmp_path / "d" / "model.ts")
+    with pytest.raises(OSError, match="would replace the input .*model.ts"):
+        export_torchscript(cfg, str(tmp_path / "d"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match=f"--sample-image {broken} cannot be read as an image"):
+        _sample_input(cfg, None, str(broken))

@@ -4,6 +4,7 @@ datasets, and the training samples after augmentation."""
 import os
 
 import numpy as np
+import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -42,6 +43,17 @@ def test_annotation_pictures_are_named_after_images_at_their_size(data, tmp_path
                 assert _decoded(path).shape == (im.height, im.width, 3)
     assert len(visualize_annotations("synthetic_panoptic_val", str(tmp_path / "n"), num=1,
                                      progress=False)) == 1
+
+
+def test_output_replacing_the_ground_truth_or_a_file_is_refused(data, tmp_path):
+    gt = PanopticGroundTruth("synthetic_panoptic_val")
+    before = {f: open(os.path.join(gt.root, f), "rb").read() for f in os.listdir(gt.root)}
+    with pytest.raises(OSError, match=f"would replace the input {gt.root}/"):
+        visualize_annotations("synthetic_panoptic_val", gt.root, progress=False)
+    assert {f: open(os.path.join(gt.root, f), "rb").read() for f in before} == before
+    (tmp_path / "f").write_text("")
+    with pytest.raises(OSError, match=f"--output: {tmp_path / 'f'} is a file"):
+        visualize_annotations("synthetic_panoptic_val", str(tmp_path / "f"), progress=False)
 
 
 def test_ground_truth_is_drawn_in_the_dataset_colours(data):

@@ -155,6 +155,17 @@ def test_half_a_split_is_an_error(tmp_path):
         cs.prepare_cityscapes_panoptic(tmp_path, ["val"], workers=1, progress=False)
 
 
+def test_missing_image_of_a_frame_is_an_error(tmp_path, capsys):
+    files = write_cityscapes_tree(tmp_path, splits=("val",), per_city=2)
+    image = cs.cityscapes_image_file(str(tmp_path / "cityscapes/leftImg8bit/val"),
+                                     files[1].name.replace("_gtFine_instanceIds.png", ""))
+    os.remove(image)
+    script = load_script("prepare_cityscapes_panoptic")
+    assert script.main(["--root", str(tmp_path), "--splits", "val", "--workers", "1"]) == 2
+    assert f"1 gtFine frame(s) have no image: {image} (for {files[1]})" in \
+        capsys.readouterr().err
+
+
 def test_unreadable_file_is_named(tmp_path, capsys):
     files = write_cityscapes_tree(tmp_path, splits=("val",), per_city=2)
     files[1].write_bytes(b"not a png")

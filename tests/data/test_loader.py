@@ -164,3 +164,31 @@ def test_old_import_paths_still_work():
     from panoptic_ext.data import samplers
 
     assert samplers.ResumableTrainingSampler is ResumableTrainingSampler
+
+
+def test_training_set_without_segments_is_named(cfg):
+    from detectron2.data import DatasetCatalog
+
+    from panoptic_ext.data.loader import train_dataset_dicts
+
+    crowd = {"bbox": [0, 0, 4, 4], "bbox_mode": 0, "category_id": 0, "iscrowd": 1}
+    sets = {"no_segments": [{"file_name": f"{i}.jpg", "image_id": i, "annotations": [],
+                             "segments_info": []} for i in range(3)],
+            "crowd_only": [{"file_name": "c.jpg", "image_id": 0, "annotations": [crowd],
+                            "segments_info": [{"id": 1, "category_id": 0, "iscrowd": 1}]}]}
+    for name, dicts in sets.items():
+        DatasetCatalog.register(name, lambda d=dicts: d)
+    try:
+        for flag in (True, False):
+            cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = ("no_segments",), flag
+            with pytest.raises(ValueError, match=r"\('no_segments',\) has no segment in any "
+                                                 "of its 3 images"):
+                train_dataset_dicts(cfg)
+        cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = ("crowd_only",), True
+        with pytest.raises(ValueError, match="no image left after filtering.*FILTER_EMPTY"):
+            train_dataset_dicts(cfg)
+        cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
+        assert len(train_dataset_dicts(cfg)) == 1
+    finally:
+        for name in sets:
+            DatasetCatalog.remove(name)

@@ -46,3 +46,31 @@ def test_pointer_to_missing_checkpoint_is_an_error(tmp_path):
     ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model_0000009.pth"):
         ckpt.resume_or_load("", resume=True)
+
+
+def test_failed_save_names_the_file_and_stops_before_the_final_evaluation(tmp_path, monkeypatch):
+    from detectron2.engine import hooks
+
+    from panoptic_ext.engine import Trainer
+    from panoptic_ext.engine.checkpoint import CheckpointSaveError
+
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    ckpt.save("model_0000000", iteration=0)
+
+    def full_disk(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError, match=rf"cannot write {tmp_path}/model_final.pth: "
+                                                  r"\[enforce fail.*the previous checkpoint "
+                                                  rf"\({tmp_path}/model_0000000.pth\) is intact"):
+        ckpt.save("model_final")
+    # the trainer's end after the failed save at the last iteration: no evaluation
+    evaluated = []
+    trainer = Trainer.__new__(Trainer)
+    trainer.checkpointer, trainer.iter, trainer.max_iter = ckpt, 3, 4
+    trainer.storage = types.SimpleNamespace()
+    trainer._hooks = [hooks.EvalHook(0, lambda: evaluated.append(1))]
+    trainer._hooks[0].trainer = trainer
+    trainer.after_train()
+    assert evaluated == []

@@ -95,6 +95,31 @@ def test_reference_world_size_rescales_the_converted_iterations(mixed):
         assert scaled.SOLVER.IMS_PER_BATCH * scaled.SOLVER.MAX_ITER >= 3 * 7 - 3  # ~3 epochs
 
 
+def test_batch_not_divisible_by_the_reference_world_size_names_both_keys():
+    cfg = setup_cfg(CONFIG, ["SOLVER.REFERENCE_WORLD_SIZE", "8", "SOLVER.IMS_PER_BATCH", "2"])
+    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH 2 is not a multiple of "
+                                         r"SOLVER.REFERENCE_WORLD_SIZE 8.*REFERENCE_WORLD_SIZE 0"):
+        schedule.check_schedule(cfg)
+    schedule.check_schedule(setup_cfg(CONFIG, ["SOLVER.REFERENCE_WORLD_SIZE", "8",
+                                               "SOLVER.IMS_PER_BATCH", "16"]))
+
+
+def test_warm_up_longer_than_training_is_warned_about(mixed, caplog):
+    cfg = resolve_epochs(setup_cfg(CONFIG, _opts("SOLVER.EPOCHS", "2",
+                                                 "SOLVER.WARMUP_EPOCHS", "5.0")))
+    schedule.check_schedule(cfg)
+    assert "SOLVER.WARMUP_EPOCHS and SOLVER.EPOCHS" in caplog.text
+    assert "never reaches SOLVER.BASE_LR" in caplog.text
+    caplog.clear()
+    schedule.check_schedule(setup_cfg(CONFIG, ["SOLVER.MAX_ITER", "20",
+                                               "SOLVER.WARMUP_ITERS", "20"]))
+    assert "SOLVER.WARMUP_ITERS and SOLVER.MAX_ITER: 20 of 20" in caplog.text
+    caplog.clear()
+    schedule.check_schedule(setup_cfg(CONFIG, ["SOLVER.MAX_ITER", "20",
+                                               "SOLVER.WARMUP_ITERS", "10"]))
+    assert "warm-up" not in caplog.text
+
+
 def test_saved_config_is_used_as_it_is_and_resume_keeps_its_schedule(mixed, tmp_path,
                                                                     monkeypatch):
     args = argparse.Namespace(config_file=CONFIG, opts=[*_opts(), "OUTPUT_DIR", str(tmp_path)],

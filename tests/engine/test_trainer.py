@@ -366,3 +366,9 @@ def test_uncertainty_balancing_learns_logs_and_saves_its_weights(synthetic, tmp_
     assert "loss_balancing_semantic" in rows[1]
     state = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert state["loss_balancer.log_var_semantic"].item() != 0.0  # optimized, saved
+    # a resume with another balancing names the setting, not torch's optimizer groups
+    from panoptic_ext.engine import Trainer
+
+    with pytest.raises(ValueError, match=r"MODEL.PANOPTIC_EXT.LOSS_BALANCING 'uncertainty' in "
+                                         rf"the checkpoint in {out}, 'fixed' now"):
+        Trainer(_cfg(out, "SOLVER.MAX_ITER", "3")).resume_or_load(resume=True)

@@ -330,6 +330,14 @@ def test_convert_weights_tool(tmp_path, capsys):
     assert all(torch.equal(state[k], v) for k, v in _model().state_dict().items())
     assert convert([str(tmp_path / "m.pth"), str(tmp_path / "m.bin")]) == 1
     assert "must end in .safetensors" in capsys.readouterr().err
+    # an output that is a folder, under a file, or the input itself: named, nothing written
+    (tmp_path / "d.safetensors").mkdir()
+    assert convert([str(tmp_path / "m.pth"), str(tmp_path / "d.safetensors")]) == 1
+    assert f"output: {tmp_path / 'd.safetensors'} is a folder" in capsys.readouterr().err
+    assert convert([str(tmp_path / "m.pth"), str(tmp_path / "m.pth" / "x.safetensors")]) == 1
+    assert f"{tmp_path / 'm.pth'} is a file, not a folder" in capsys.readouterr().err
+    assert convert(["--force", str(out), str(out)]) == 1
+    assert f"would replace the input {out}" in capsys.readouterr().err
 
 
 def test_trust_key_is_checked():

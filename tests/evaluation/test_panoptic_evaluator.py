@@ -172,6 +172,24 @@ def test_without_saving_writes_nothing_and_resets(tmp_path):
     assert evaluator.evaluate() == first
 
 
+def test_saving_checks_its_folder_and_never_leaves_a_stale_predictions_json(tmp_path):
+    name = make_dataset(tmp_path)
+    inputs, outputs = model_io(str(tmp_path), name)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=f"TEST.SAVE_PREDICTIONS: cannot create the folder "
+                                      f"{tmp_path}/file/predictions"):
+        PanopticEvaluator(name, output_dir=str(tmp_path / "file"), save_panoptic=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json").write_text('{"annotations": []}')  # an earlier run's
+    evaluator = PanopticEvaluator(name, output_dir=str(out), save_panoptic=True)
+    evaluator.reset()
+    evaluator.process(inputs[:2], outputs[:2])  # a crash here leaves no predictions.json
+    assert not (out / "predictions.json").exists()
+    evaluator.evaluate()
+    assert len(json.loads((out / "predictions.json").read_text())["annotations"]) == 2
+
+
 def test_partial_evaluation_and_errors(tmp_path):
     name = make_dataset(tmp_path)
     inputs, outputs = model_io(str(tmp_path), name)

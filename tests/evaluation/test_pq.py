@@ -406,6 +406,57 @@ def test_missing_prediction_and_folders(tmp_path):
         pq_compute(gt_json, pred_json, pred_folder=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("which", ["gt", "pred"])
+def test_repeated_image_or_segment_is_an_error(tmp_path, which):
+    gt_json, pred_json = _one_image(tmp_path, GT_MAP, GT_SEGS, GT_MAP, GT_SEGS)
+    path = gt_json if which == "gt" else pred_json
+    _rewrite(path, lambda d: d["annotations"].append(d["annotations"][0]))
+    with pytest.raises(PanopticFormatError, match=rf"{path}: image id 42 is listed twice"):
+        pq_compute(gt_json, pred_json, backend="panoptic_ext")
+    _rewrite(path, lambda d: d["annotations"].pop())
+    _rewrite(path, lambda d: d["annotations"][0]["segments_info"].append(dict(GT_SEGS[1])))
+    with pytest.raises(PanopticFormatError, match="image 42 lists segment id.s. 6 twice"):
+        pq_compute(gt_json, pred_json)  # auto (hotcoco where installed) too
+
+
+@pytest.mark.parametrize("name", ["../../secret.png", "/etc/secret.png"])
+def test_file_names_stay_inside_their_folder(tmp_path, name):
+    gt_json, pred_json = _one_image(tmp_path, GT_MAP, GT_SEGS, GT_MAP, GT_SEGS)
+    _rewrite(pred_json, lambda d: d["annotations"][0].update(file_name=name))
+    with pytest.raises(ValueError, match=rf"{pred_json}: file_name '{name}' leads outside"):
+        pq_compute(gt_json, pred_json)
+    if name.startswith(".."):  # asked for: read where it points
+        (tmp_path / "pred" / "sub").mkdir()
+        _rewrite(pred_json, lambda d: d["annotations"][0].update(file_name="sub/../a.png"))
+        assert pq_compute(gt_json, pred_json)["All"]["pq"] == 1.0  # inside: fine
+        _rewrite(pred_json, lambda d: d["annotations"][0].update(file_name="../pred/a.png"))
+        assert pq_compute(gt_json, pred_json, allow_outside=True)["All"]["pq"] == 1.0
+
+
+def test_default_folders_strip_only_the_json_suffix(tmp_path):
+    base = tmp_path / "run.json.d"
+    base.mkdir()
+    gt_json, pred_json = _one_image(base, GT_MAP, GT_SEGS, GT_MAP, GT_SEGS)
+    assert pq_compute(gt_json, pred_json)["All"]["pq"] == 1.0
+
+
+def test_cli_names_a_bad_json_output_before_the_work(tmp_path, capsys):
+    from panoptic_ext.evaluation.__main__ import main
+
+    gt_json, pred_json = _one_image(tmp_path, GT_MAP, GT_SEGS, GT_MAP, GT_SEGS)
+    assert main([gt_json, pred_json, "--json", str(tmp_path)]) == 2
+    assert f"--json: {tmp_path} is a folder" in capsys.readouterr().err
+    assert main([gt_json, pred_json, "--json", gt_json]) == 2  # an input
+    assert f"would replace the input {gt_json}" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    assert main([gt_json, pred_json, "--json", str(tmp_path / "f" / "res.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    _rewrite(pred_json, lambda d: d["annotations"][0].update(file_name="../gt/a.png"))
+    assert main([gt_json, pred_json]) == 2
+    assert "leads outside" in capsys.readouterr().err
+    assert main([gt_json, pred_json, "--allow-outside-paths"]) == 0
+
+
 def test_bad_id_maps_and_segments():
     with pytest.raises(PanopticFormatError, match="outside"):
         image_pq_stats(np.full((2, 2), -1), [], np.zeros((2, 2), int), [], CATS, image_id=3)

@@ -125,3 +125,27 @@ def test_bad_values_name_the_key():
     with pytest.raises(KeyError, match="loss_keypoint"):
         LossBalancer({"a": ("loss_a",)})({"loss_a": torch.ones(()),
                                           "loss_keypoint": torch.ones(())})
+
+
+def test_resume_with_another_balancing_names_the_setting():
+    from detectron2.config import get_cfg
+
+    from panoptic_ext.config import add_panoptic_config
+    from panoptic_ext.modeling.loss_balancing import balancing_setting, check_resumed_balancing
+
+    def setting(mode, groups):
+        cfg = add_panoptic_config(get_cfg())
+        cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING, cfg.MODEL.PANOPTIC_EXT.LOSS_BALANCING_GROUPS = (
+            mode, groups)
+        return balancing_setting(cfg)
+
+    fixed = setting("fixed", "term")
+    assert fixed == setting("fixed", "task")  # no parameters either way
+    task, term = setting("uncertainty", "task"), setting("uncertainty", "term")
+    check_resumed_balancing(task, task)
+    check_resumed_balancing(None, task)  # an older checkpoint: nothing recorded
+    with pytest.raises(ValueError, match=r"LOSS_BALANCING_GROUPS 'task' in x.pth, 'term' now"):
+        check_resumed_balancing(task, term, "x.pth")
+    with pytest.raises(ValueError, match=r"LOSS_BALANCING 'fixed' in .*'uncertainty' now; "
+                                         r".*LOSS_BALANCING_GROUPS '\(unused\)'"):
+        check_resumed_balancing(fixed, task)

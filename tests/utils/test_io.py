@@ -75,3 +75,20 @@ def test_read_json_or_none(tmp_path):
     assert read_json_or_none(tmp_path) is None  # a folder
     (tmp_path / "ok.json").write_text("[1]")
     assert read_json_or_none(str(tmp_path / "ok.json")) == [1]
+
+
+def test_a_failed_write_names_the_file(tmp_path):
+    from panoptic_ext.utils.io import WriteError
+
+    (tmp_path / "afile").write_text("")
+    target = tmp_path / "afile" / "out.json"  # its folder is a file
+    with pytest.raises(WriteError, match=f"cannot write {target}: Not a directory"):
+        atomic_write_json(target, {})
+
+    def fail(f):
+        raise OSError(27, "File too large")
+
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'big'}: File too large"):
+        with atomic_writer(tmp_path / "big") as f:
+            fail(f)
+    assert os.listdir(tmp_path) == ["afile"]  # no temp file left
