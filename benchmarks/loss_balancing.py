@@ -1,8 +1,9 @@
 """Fixed against learned task balancing at the demo budget: PQ, PQ_th, PQ_st side by side.
 
 Each setting trains ``configs/Synthetic/panoptic_fpn_R_50.yaml`` from scratch as ``make demo``
-does (same iterations, ``SEED`` per run, fp32: ``SOLVER.AMP.ENABLED False``), then evaluates on
-the synthetic validation set; settings differ only in how the losses are weighted:
+does (same iterations and precision: bf16 where the CPU has it natively, else fp32; ``SEED``
+per run), then evaluates on the synthetic validation set; settings differ only in how the
+losses are weighted:
 
 - ``sum``: semantic weight 1.0 (``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT 1.0``), the plain sum;
 - ``paper``: 0.5, the semantic weight of the Panoptic FPN paper's COCO grid and of
@@ -57,8 +58,7 @@ def train_and_evaluate(root: str, setting: str, seed: int, opts: Sequence[str],
     if not os.path.isfile(metrics_path):
         os.makedirs(out, exist_ok=True)
         cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-               CONFIG, "--resume", "SEED", str(seed), "SOLVER.AMP.ENABLED", "False",
-               *SETTINGS[setting], *opts, "OUTPUT_DIR", out]
+               CONFIG, "--resume", "SEED", str(seed), *SETTINGS[setting], *opts, "OUTPUT_DIR", out]
         logger.info(f"[{setting} seed {seed}] training into {out} (log: {out}/run.log)")
         start = time.time()
         with open(os.path.join(out, "run.log"), "a") as log:
