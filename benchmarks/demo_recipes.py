@@ -87,7 +87,7 @@ def plot(root: str, output: str, step_times: Mapping[str, float]) -> str:
         ax.plot([s / 60 for s in secs], pq, marker="o", label=name)
         rows.append(f"{name:<24}{step:>8.2f}{secs[-1]:>9.0f}{pq[-1]:>7.2f}")
     ax.axhline(78, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("training time (min)")
+    ax.set_xlabel("training time (min): iterations x step time")
     ax.set_ylabel("PQ, synthetic val")
     ax.set_title("Demo recipes: PQ during training")
     ax.grid(alpha=0.3)
@@ -113,12 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_recipes.png", help="plot: the PNG to write")
     parser.add_argument("--step-time", type=_step_time, action="append", default=[],
                         metavar="NAME=SECONDS", help="plot: a recipe's step time")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="extra KEY VALUE overrides for every run")
-    args = parser.parse_args(argv)
+    args, opts = parser.parse_known_args(argv)  # the rest: KEY VALUE overrides for every run
     if args.command == "run":
         for name in args.recipes:
-            train(args.root, name, args.eval_period, args.opts)
+            train(args.root, name, args.eval_period, opts)
         return 0
     print(plot(args.root, args.output, dict(args.step_time)))
     print(f"Wrote {args.output}")

@@ -91,14 +91,14 @@ class PanopticFPNExt(GeneralizedRCNN):
             loss_balancer: learned task balancing applied after the fixed weights (see
                 `loss_balancing.py`); None: the fixed weights only.
             fast_inference: post-process with less work for the same outputs (see `inference`).
-            channels_last: run the convolutional parts in channels_last at inference (faster on
-                CPU; low bits of the results differ from the default layout).
+            channels_last: run the convolutional parts in channels_last, in training and at
+                inference (faster on CPU; low bits of the results differ from the default layout).
             fuse_norm: fold inference-mode batch norms into the preceding convolutions at
                 inference (faster; low bits differ).
             postprocess_threads: torch CPU threads for the fast path's post-processing (0:
                 unchanged); its many small ops lose more to thread hand-offs than they gain.
             precision: "fp32", "bf16" or "fp16" (CUDA) autocast for the convolutional parts at
-                inference.
+                inference, as given (the config's TEST.PRECISION passes `resolve_precision`).
             runtime: TEST.RUNTIME, who runs the dense parts at inference ("torch", "openvino",
                 "onnxruntime", "auto"; see `runtime.py`).
             outputs: what `inference` returns by default.

@@ -131,6 +131,7 @@ class SemanticFPNHead(nn.Module):
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         # Upsample in fp32: bilinear interpolation in half precision loses too much.
-        logits = self.upsample(logits.float())
+        # NCHW: upsampling and cross-entropy over a channels_last map are ~15% slower on CPU
+        logits = self.upsample(logits.float().contiguous())
         loss = semantic_loss(logits, targets, self.ignore_value)
         return {"loss_sem_seg": loss * self.loss_weight}
