@@ -83,11 +83,14 @@ def serve_http(config_file: str, opts: Sequence[str], settings: ServeSettings,
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it drained on once done; a handler of ours makes that a
     # no-op, so a drained server exits 0 rather than dying of the signal.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    saved = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info(f"Serving on http://{host}:{port} (max batch {settings.max_batch_size}, "
                 f"max wait {settings.max_wait_ms:g} ms)")
-    server.run()
+    try:
+        server.run()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     if failed:
         print(f"ERROR: could not load the model: {failed[0]}", file=sys.stderr)
         return 1
