@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from panoptic_ext.formats import rgb_to_id
+from tests.helpers.serve import assert_same_segments
 
 TIMEOUT = 60
 
@@ -152,7 +153,8 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.mark.timeout(300)
 def test_16_clients_x_25_requests(server, images):
-    """Batched answers equal the one-at-a-time ones, no error, memory bounded."""
+    """Batched answers equal the one-at-a-time ones (scores up to float32 rounding), no error,
+    memory bounded."""
     expected = {p: _post(server.url, p) for p in images}  # sequential: batches of one
     before_metrics = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
     rss_before = _rss_kb(server.proc.pid)
@@ -163,8 +165,10 @@ def test_16_clients_x_25_requests(server, images):
             for j in range(25):
                 path = images[(k + j) % len(images)]
                 try:
-                    if _post(server.url, path, client=c) != expected[path]:
-                        errors.append(f"client {k} request {j}: answer differs")
+                    got = _post(server.url, path, client=c)
+                    want = expected[path]
+                    assert (got["height"], got["width"]) == (want["height"], want["width"])
+                    assert_same_segments(got["segments_info"], want["segments_info"])
                 except (AssertionError, httpx.HTTPError) as e:
                     errors.append(f"client {k} request {j}: {e}")
 

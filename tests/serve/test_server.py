@@ -6,7 +6,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers.serve import free_port, stop
+from panoptic_ext.serve.process import free_port
 
 
 @pytest.mark.timeout(180)
@@ -33,7 +33,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(shared_server, images):
             break
     else:
         pytest.fail("no request reached the model")
-    assert stop(server) == 0, server.output()
+    assert server.stop() == 0, server.output()
     for t in threads:
         t.join(60)
     assert 200 in outcomes

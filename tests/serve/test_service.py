@@ -45,7 +45,7 @@ def test_settings_name_the_bad_flag():
 def test_batch_equals_one_at_a_time(tiny_root, tiny_trained):
     from panoptic_ext.engine.defaults import setup_cfg
     from panoptic_ext.serve.service import PanopticService
-    from tests.helpers.serve import SERVE_OPTS
+    from tests.helpers.serve import SERVE_OPTS, assert_same_segments
     from tests.helpers.tools import SYNTHETIC_CONFIG, val_images
 
     opts = [*SERVE_OPTS, "MODEL.WEIGHTS", tiny_trained[1]]
@@ -59,6 +59,6 @@ def test_batch_equals_one_at_a_time(tiny_root, tiny_trained):
     for job, (ids, segments) in zip(jobs, batched, strict=True):
         [(ids1, segments1)] = service.run_batch([job])
         np.testing.assert_array_equal(ids, ids1)
-        assert segments == segments1
+        assert_same_segments(segments, segments1)
     assert batched[0][1] != batched[3][1]  # the merge setting applied to its job only
     assert service.model.combine is default_merge  # restored after the job that changed it
