@@ -1,6 +1,6 @@
 """A server in a child process on a free 127.0.0.1 port: started, waited for until /healthz
-says ready, and always stopped (SIGTERM, then SIGKILL of its process group). The benchmark
-and the tests start servers with it."""
+says ready, and always stopped (SIGTERM, then SIGKILL of whatever is left in its session).
+The benchmark and the tests start servers with it."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM and wait for the drain; the exit code. A server that hangs, and anything
-        left in its process group (Ray's processes), are killed."""
+        left in its session (Ray's actors, each in its own process group), are killed."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -70,8 +70,9 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
         finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in _session(self.proc.pid):  # what it left behind (Ray's actors)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     @classmethod
     def started(cls, args: Sequence[str], log: str, timeout: float = 180,
@@ -84,3 +85,19 @@ class ServerProcess:
             server.stop()
             raise
         return server
+
+
+def _session(sid: int) -> list[int]:
+    """Live processes of session `sid` (the server was started as its leader), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
