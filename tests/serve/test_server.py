@@ -53,3 +53,10 @@ def test_unloadable_model_exits_1(tiny_root, capsys, tmp_path):
                       ServeSettings(), port=free_port(), log_level="warning")
     assert code == 1
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_binds_this_machine_only_by_default():
+    from panoptic_ext.serve.server import get_parser
+
+    args = get_parser().parse_args(["--config-file", "c.yaml"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
