@@ -9,6 +9,7 @@ dynamic batching, against one request at a time on the same model, in one run.
 import argparse
 import glob
 import json
+import shlex
 import sys
 
 from panoptic_ext.cli import parse_args_and_overrides
@@ -28,6 +29,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="glob of images to send (drawn ones if nothing matches)")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--server-args", default="", metavar="'FLAGS'",
+                   help="more tools/serve.py flags for the batched run, e.g. '--ray --replicas 2 "
+                        "--replica-cpus 1' (set RAY_ADDRESS=local for a private Ray)")
     p.add_argument("--output", metavar="JSON", help="also write the report here")
     return p
 
@@ -38,7 +42,8 @@ def main(argv=None) -> int:
                            requests=args.requests, size=args.size,
                            images=sorted(glob.glob(args.images)),
                            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                           baseline_requests=args.baseline_requests)
+                           baseline_requests=args.baseline_requests,
+                           server_args=shlex.split(args.server_args))
     print(format_report(report))
     if args.output:
         with open(args.output, "w") as f:

@@ -132,8 +132,11 @@ def run_benchmark(config_file: str, opts: Sequence[str] = (), *, clients: int = 
                   requests: int = 25, size: int = 512, images: Sequence[str] = (),
                   max_batch_size: int = 8, max_wait_ms: float = 10.0,
                   baseline_requests: int | None = None, ready_timeout: float = 900,
-                  log_dir: str | None = None) -> dict[str, Any]:
-    """Both runs, one after the other (never sharing the CPUs); the report as a dict."""
+                  log_dir: str | None = None, server_args: Sequence[str] = ()
+                  ) -> dict[str, Any]:
+    """Both runs, one after the other (never sharing the CPUs); the report as a dict.
+    `server_args`: more tools/serve.py flags for the batched run only (e.g. ``--ray
+    --replicas 2 --replica-cpus 1``: two single-threaded model processes)."""
     bodies = make_images(images, size)
     log_dir = log_dir or tempfile.mkdtemp(prefix="benchmark_serve_")
     common = ["--config-file", config_file, "--log-level", "warning"]
@@ -142,11 +145,13 @@ def run_benchmark(config_file: str, opts: Sequence[str] = (), *, clients: int = 
         baseline_requests or requests, log_dir, ready_timeout)
     batched = _serve_and_load(
         "batched", [*common, "--max-batch-size", str(max_batch_size), "--max-wait-ms",
-                    str(max_wait_ms), *opts], bodies, clients, requests, log_dir, ready_timeout)
+                    str(max_wait_ms), *server_args, *opts], bodies, clients, requests, log_dir,
+        ready_timeout)
     speedup = batched.throughput / baseline.throughput if baseline.throughput else float("nan")
     return {
         "config_file": config_file, "opts": list(opts), "image_size": size,
         "images": len(bodies), "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+        "server_args": list(server_args),
         "cpus": os.cpu_count(), "logs": log_dir,
         "runs": [baseline.summary(), batched.summary()],
         "speedup": round(speedup, 3),
@@ -162,7 +167,7 @@ def format_report(report: dict[str, Any]) -> str:
                                     "p95 ms", "p99 ms"])
     lines = [f"{report['image_size']}x{report['image_size']} images, max batch "
              f"{report['max_batch_size']}, max wait {report['max_wait_ms']:g} ms, "
-             f"{report['cpus']} CPUs", table,
+             f"{report['cpus']} CPUs {' '.join(report.get('server_args', []))}".rstrip(), table,
              f"throughput: {report['speedup']:.2f}x one request at a time"]
     for r in report["runs"]:
         lines += [f"{r['name']} error: {e}" for e in r["first_errors"]]
