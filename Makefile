@@ -15,9 +15,9 @@ STAMPS := $(VENV)/.stamps
 DEMO_OUT ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean-venv
+.PHONY: install test demo lint clean-venv chromium
 
-install: $(STAMPS)/project
+install: $(STAMPS)/project $(STAMPS)/chromium
 
 $(PY):
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -55,6 +55,24 @@ $(STAMPS)/project: setup.py $(STAMPS)/detectron2
 	$(PIP) install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -c "import panoptic_ext"
 	@touch $@
+
+# The browser test's Chromium: Debian's package, driven by Playwright (no browser download).
+# Installed only where /usr/bin/chromium is missing; where apt-get cannot install it (no apt,
+# not root, offline), tests/serve/test_page.py skips and says why. `make chromium` retries.
+$(STAMPS)/chromium: | $(PY)
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: /usr/bin/chromium"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
+		echo "WARNING: apt-get could not install chromium: the browser test will skip"; \
+	else \
+		echo "WARNING: no apt-get: install Chromium as /usr/bin/chromium for the browser test"; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+chromium:
+	rm -f $(STAMPS)/chromium
+	$(MAKE) $(STAMPS)/chromium
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)

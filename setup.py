@@ -8,6 +8,7 @@ setup(
     description="Panoptic FPN for Detectron2: model, merge logic, data, evaluation and tools",
     python_requires=">=3.10",
     packages=find_packages(include=["panoptic_ext", "panoptic_ext.*"]),
+    package_data={"panoptic_ext.serve": ["static/*.html", "static/*.js"]},  # the page at /
     install_requires=[
         "torch>=2.0",
         "torchvision",

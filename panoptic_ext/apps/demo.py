@@ -170,7 +170,29 @@ class PanopticDemo:
         self.cpu = torch.device("cpu")
 
     def predict(self, image_bgr: np.ndarray) -> dict[str, Any]:
-        return self.predictor(image_bgr)
+        return self.predict_batch([image_bgr])[0]
+
+    def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """One model call for several images, each prepared as DefaultPredictor does (resize,
+        channel order); the server batches with it, the demo calls it with one image."""
+        p = self.predictor
+        inputs = []
+        for image in images_bgr:
+            if p.input_format == "RGB":
+                image = image[:, :, ::-1]
+            h, w = image.shape[:2]
+            resized = p.aug.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+            inputs.append({"image": tensor.to(p.cfg.MODEL.DEVICE), "height": h, "width": w})
+        with torch.no_grad():
+            return p.model(inputs)
+
+    def coco(self, predictions: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(id map, COCO segments_info with dataset ids): what the panoptic PNG and
+        predictions.json hold for one image (the demo's files and the server's answers)."""
+        panoptic, segments = predictions["panoptic_seg"]
+        ids = panoptic.to(self.cpu).numpy()
+        return ids, panoptic_to_coco(ids, segments, self.metadata)[1]
 
     def draw(self, image_bgr: np.ndarray, predictions: dict[str, Any]) -> np.ndarray:
         """RGB picture of the panoptic result drawn by Detectron2's Visualizer."""
@@ -291,9 +313,7 @@ class PanopticDemo:
                 failed.append(path)
                 continue
             predictions = self.predict(image)
-            panoptic, segments = predictions["panoptic_seg"]
-            ids = panoptic.to(self.cpu).numpy()
-            rgb, seg_json = panoptic_to_coco(ids, segments, self.metadata)
+            ids, seg_json = self.coco(predictions)
             stem = os.path.splitext(os.path.basename(path))[0]
             write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
             exported_io.save_image(self.draw(image, predictions),
@@ -303,8 +323,8 @@ class PanopticDemo:
                     "image_id": stem,
                     "file_name": stem + ".png",
                     "image_file": os.path.abspath(path),
-                    "height": int(rgb.shape[0]),
-                    "width": int(rgb.shape[1]),
+                    "height": int(ids.shape[0]),
+                    "width": int(ids.shape[1]),
                     "segments_info": seg_json,
                 }
             )

@@ -37,6 +37,7 @@ except ImportError:  # imported as a top-level module: by a runner
 
 __all__ = [
     "categories",
+    "image_array",
     "output_run",
     "picture",
     "picture_name",
@@ -71,8 +72,12 @@ def read_image(path: str, input_format: str) -> np.ndarray:
     """HxWx3 uint8 in the model's channel order, upright per EXIF, every PIL mode (16-bit,
     palette, LA, I, F) converted by to_8bit, then to RGB."""
     with Image.open(path) as img:
-        img = to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
-        array = np.asarray(img)
+        return image_array(img, input_format)
+
+
+def image_array(img: Image.Image, input_format: str) -> np.ndarray:
+    """:func:`read_image` of an opened image (the server decodes uploads with it)."""
+    array = np.asarray(to_8bit(ImageOps.exif_transpose(img)).convert("RGB"))
     return array[:, :, ::-1] if input_format == "BGR" else array
 
 
