@@ -37,6 +37,7 @@ __all__ = [
     "format_combine_report",
     "conv_peak",
     "stage_macs",
+    "tame_random_weights",
     "limit_report",
 ]
 
@@ -59,7 +60,7 @@ STAGES = (
 # ----------------------------------------------------------------------------------------------
 
 
-def _tame_random_weights(model: torch.nn.Module, seed: int = 0) -> None:
+def tame_random_weights(model: torch.nn.Module, seed: int = 0) -> None:
     """Random init with unit-scale batch norm saturates activations into one detection; smaller
     norm scales and RPN deltas let many varied detections through every stage."""
     gen = torch.Generator().manual_seed(seed)
@@ -94,7 +95,7 @@ def build_models(cfg: CfgNode, seed: int = 0) -> tuple[torch.nn.Module, torch.nn
                      trust_file=trust_weights_file(cfg))
         source = cfg.MODEL.WEIGHTS
     else:
-        _tame_random_weights(d2, seed)
+        tame_random_weights(d2, seed)
         source = (f"random (tamed); detector score threshold "
                   f"{cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:.3g}, merge threshold 0")
     ours = build_model(cfg)

@@ -28,9 +28,10 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from benchmarks.model_speed import StageTimer, conv_peak
+from benchmarks.model_speed import StageTimer, conv_peak, tame_random_weights
 from panoptic_ext.engine.train_loop import PanopticTrainLoop
 from panoptic_ext.engine.trainer import Trainer, autocast_dtype_for
+from panoptic_ext.engine.weights import load_weights, trust_weights_file
 
 __all__ = ["TRAIN_STAGES", "count_step_macs", "format_train_report", "resize_batch",
            "run_train_benchmark"]
@@ -202,7 +203,7 @@ def run_train_benchmark(
     batches = []
     iters = {k: iter(v) for k, v in loaders.items()}
     data_times: dict[str, list[float]] = {"ours": [], "d2": []}
-    for k in range(max(2, min(steps + warmup, 4))):
+    for k in range(max(2, steps + warmup)):  # every step its own batch, as in training
         for name in (("ours", "d2") if k % 2 == 0 else ("d2", "ours")):
             t0 = time.perf_counter()
             batch = next(iters[name])
@@ -215,6 +216,13 @@ def run_train_benchmark(
     d2_cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
     d2_cfg.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
     d2 = build_model(d2_cfg)
+    frozen = any(type(m).__name__ == "FrozenBatchNorm2d" for m in d2.modules())
+    if cfg.MODEL.WEIGHTS:  # trained weights: the steady state, where far more proposals match
+        # the ground truth than at a random start, so the mask head gets many more ROIs
+        load_weights(d2, cfg.MODEL.WEIGHTS, purpose="the benchmark",
+                     trust_file=trust_weights_file(cfg))
+    elif frozen:  # random weights through frozen identity norms explode (first losses in the
+        tame_random_weights(d2, seed)  # hundreds): tame them
     ours = build_model(cfg)
     ours.load_state_dict(d2.state_dict(), strict=True)
     amp = autocast_dtype_for(cfg)
