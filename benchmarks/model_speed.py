@@ -36,6 +36,7 @@ __all__ = [
     "run_combine_benchmark",
     "format_combine_report",
     "conv_peak",
+    "side_by_side_rows",
     "stage_macs",
     "tame_random_weights",
     "limit_report",
@@ -422,15 +423,8 @@ def format_report(report: dict[str, Any]) -> str:
         st = report[name]["stage_summary"][stage]
         return f"{st['min'] * 1000:.1f}-{st['max'] * 1000:.1f}"
 
-    for s in STAGES:
-        a = report["d2"]["stages"][s] * 1000
-        b = report["ours"]["stages"][s] * 1000
-        ratio = f"{b / a:8.2f}" if a > 0.05 else f"{'-':>8}"
-        lines.append(f"{s:<26}{a:12.1f}{b:12.1f}{ratio}{span('d2', s):>22}{span('ours', s):>20}")
-    for stat in ("median", "min", "max"):
-        a = report["d2"]["total"][stat] * 1000
-        b = report["ours"]["total"][stat] * 1000
-        lines.append(f"{'end-to-end ' + stat:<26}{a:12.1f}{b:12.1f}{b / a:8.2f}")
+    lines += side_by_side_rows(report, STAGES, 26, "end-to-end",
+                               lambda s: f"{span('d2', s):>22}{span('ours', s):>20}")
     ag = report["agreement"]
     lines += [
         "",
@@ -443,6 +437,23 @@ def format_report(report: dict[str, Any]) -> str:
     if "limit" in report:
         lines += ["", *_format_limit(report["limit"])]
     return "\n".join(lines)
+
+
+def side_by_side_rows(report: dict[str, Any], stages: Sequence[str], width: int, total: str,
+                      extra: Callable[[str], str] | None = None) -> list[str]:
+    """Rows "stage, Detectron2 ms, ours ms, ratio" of a report's median stage times, then the
+    total's median, min and max (`report[side]["stages"]`, `report[side]["total"]`)."""
+    rows = []
+    for s in stages:
+        a = report["d2"]["stages"][s] * 1000
+        b = report["ours"]["stages"][s] * 1000
+        ratio = f"{b / a:8.2f}" if a > 0.05 else f"{'-':>8}"
+        rows.append(f"{s:<{width}}{a:12.1f}{b:12.1f}{ratio}{extra(s) if extra else ''}")
+    for stat in ("median", "min", "max"):
+        a = report["d2"]["total"][stat] * 1000
+        b = report["ours"]["total"][stat] * 1000
+        rows.append(f"{total + ' ' + stat:<{width}}{a:12.1f}{b:12.1f}{b / a:8.2f}")
+    return rows
 
 
 def _format_limit(lim: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from benchmarks.model_speed import StageTimer, conv_peak, tame_random_weights
+from benchmarks.model_speed import StageTimer, conv_peak, side_by_side_rows, tame_random_weights
 from panoptic_ext.engine.train_loop import PanopticTrainLoop
 from panoptic_ext.engine.trainer import Trainer, autocast_dtype_for
 from panoptic_ext.engine.weights import load_weights, trust_weights_file
@@ -325,15 +325,7 @@ def format_train_report(report: dict[str, Any]) -> str:
         "",
         f"{'stage (median, ms)':<22}{'Detectron2':>12}{'ours':>12}{'ratio':>8}",
     ]
-    for s in TRAIN_STAGES:
-        a = report["d2"]["stages"][s] * 1000
-        b = report["ours"]["stages"][s] * 1000
-        ratio = f"{b / a:8.2f}" if a > 0.05 else f"{'-':>8}"
-        lines.append(f"{s:<22}{a:12.1f}{b:12.1f}{ratio}")
-    for stat in ("median", "min", "max"):
-        a = report["d2"]["total"][stat] * 1000
-        b = report["ours"]["total"][stat] * 1000
-        lines.append(f"{'step ' + stat:<22}{a:12.1f}{b:12.1f}{b / a:8.2f}")
+    lines += side_by_side_rows(report, TRAIN_STAGES, 22, "step")
     fl = report["first_losses"]
     lines += ["", "first-step losses (Detectron2 / ours):"]
     for k in sorted(set(fl["d2"]) | set(fl["ours"])):
