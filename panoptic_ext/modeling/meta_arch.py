@@ -155,7 +155,7 @@ class PanopticFPNExt(GeneralizedRCNN):
             )
         images = self.preprocess_image(batched_inputs)
         x = images.tensor
-        if self.channels_last:  # several times faster convolution backward with oneDNN
+        if self.channels_last:  # faster oneDNN convolutions (~10% fp32 forward, ~11% bf16 step)
             self._to_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
