@@ -37,6 +37,7 @@ __all__ = [
     "format_combine_report",
     "conv_peak",
     "side_by_side_rows",
+    "stage_hooks",
     "stage_macs",
     "tame_random_weights",
     "limit_report",
@@ -196,19 +197,25 @@ def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, old)
 
 
+MODULE_STAGES = (("backbone", "backbone+FPN"), ("sem_seg_head", "semantic head"),
+                 ("proposal_generator", "RPN"), ("roi_heads", "ROI heads"))
+
+
+def stage_hooks(model: torch.nn.Module, timer: StageTimer) -> list[Any]:
+    """Forward hooks timing each of `model`'s parts (MODULE_STAGES) as its stage; the caller
+    removes the returned handles."""
+    handles = []
+    for attr, name in MODULE_STAGES:
+        part = getattr(model, attr)
+        handles.append(part.register_forward_pre_hook(lambda *_, n=name: timer.start(n)))
+        handles.append(part.register_forward_hook(lambda *_: timer.stop()))
+    return handles
+
+
 @contextlib.contextmanager
 def instrument(model: torch.nn.Module, timer: StageTimer) -> Iterator[None]:
     """Time the stages of either model while inside the context."""
-    handles = []
-
-    def hook_stage(module: torch.nn.Module, name: str) -> None:
-        handles.append(module.register_forward_pre_hook(lambda *_: timer.start(name)))
-        handles.append(module.register_forward_hook(lambda *_: timer.stop()))
-
-    hook_stage(model.backbone, "backbone+FPN")
-    hook_stage(model.sem_seg_head, "semantic head")
-    hook_stage(model.proposal_generator, "RPN")
-    hook_stage(model.roi_heads, "ROI heads")
+    handles = stage_hooks(model, timer)
     with contextlib.ExitStack() as stack:
         if isinstance(model, ext_meta_arch.PanopticFPNExt):
             mod = ext_meta_arch

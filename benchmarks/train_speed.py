@@ -28,7 +28,14 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from benchmarks.model_speed import StageTimer, conv_peak, side_by_side_rows, tame_random_weights
+from benchmarks.model_speed import (
+    MODULE_STAGES,
+    StageTimer,
+    conv_peak,
+    side_by_side_rows,
+    stage_hooks,
+    tame_random_weights,
+)
 from panoptic_ext.engine.train_loop import PanopticTrainLoop
 from panoptic_ext.engine.trainer import Trainer, autocast_dtype_for
 from panoptic_ext.engine.weights import load_weights, trust_weights_file
@@ -38,8 +45,6 @@ __all__ = ["TRAIN_STAGES", "count_step_macs", "format_train_report", "resize_bat
 
 TRAIN_STAGES = ("data", "backbone+FPN", "semantic head", "RPN", "ROI heads", "backward",
                 "optimizer", "other")
-_MODULE_STAGES = (("backbone", "backbone+FPN"), ("sem_seg_head", "semantic head"),
-                  ("proposal_generator", "RPN"), ("roi_heads", "ROI heads"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +121,7 @@ def count_step_macs(model: nn.Module, counts: dict[str, dict[str, float]]) -> It
                                         + int(x.requires_grad))
         return run
 
-    for attr, stage in _MODULE_STAGES:
+    for attr, stage in MODULE_STAGES:
         part = getattr(model, attr, None)
         if part is None:
             continue
@@ -154,11 +159,7 @@ def _timed_stages(model: nn.Module, optimizer: torch.optim.Optimizer,
     """Forward stages by module hooks; "backward" from the end of the model's forward to the
     optimizer step (losses summed and checked, gradients); "optimizer" its step."""
     marks: dict[str, float] = {}
-    handles = []
-    for attr, stage in _MODULE_STAGES:
-        part = getattr(model, attr)
-        handles.append(part.register_forward_pre_hook(lambda *_, s=stage: timer.start(s)))
-        handles.append(part.register_forward_hook(lambda *_: timer.stop()))
+    handles = stage_hooks(model, timer)
     handles.append(model.register_forward_hook(
         lambda *_: marks.__setitem__("forward_end", time.perf_counter())))
     step = optimizer.step
