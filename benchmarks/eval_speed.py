@@ -31,9 +31,9 @@ from detectron2.evaluation import (
     DatasetEvaluators,
     SemSegEvaluator,
 )
-from detectron2.modeling import build_model
 from tqdm import tqdm
 
+from panoptic_ext.deploy.runtime import build_inference_model
 from panoptic_ext.engine.weights import load_weights, trust_weights_file
 from panoptic_ext.evaluation import build_panoptic_evaluators
 
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 def run_model(cfg: CfgNode, dataset: str, progress: bool = True
               ) -> tuple[list[list[dict]], list[list[dict]]]:
     """(input batches without the image tensors, output batches on the CPU) of the model."""
-    model = build_model(cfg).eval()
+    model = build_inference_model(cfg)
     if cfg.MODEL.WEIGHTS:
         load_weights(model, cfg.MODEL.WEIGHTS, purpose="the evaluator benchmark",
                      dataset=dataset, trust_file=trust_weights_file(cfg))

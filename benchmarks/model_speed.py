@@ -22,6 +22,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
 
+from panoptic_ext.deploy.runtime import attach_runtime
 from panoptic_ext.engine.weights import load_weights, trust_weights_file
 from panoptic_ext.modeling import meta_arch as ext_meta_arch
 
@@ -100,7 +101,7 @@ def build_models(cfg: CfgNode, seed: int = 0) -> tuple[torch.nn.Module, torch.nn
         tame_random_weights(d2, seed)
         source = (f"random (tamed); detector score threshold "
                   f"{cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:.3g}, merge threshold 0")
-    ours = build_model(cfg)
+    ours = attach_runtime(build_model(cfg), cfg)  # TEST.RUNTIME, as the tools run it
     ours.load_state_dict(d2.state_dict(), strict=True)
     return ours.eval(), d2.eval(), source
 
@@ -219,7 +220,8 @@ def instrument(model: torch.nn.Module, timer: StageTimer) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if isinstance(model, ext_meta_arch.PanopticFPNExt):
             mod = ext_meta_arch
-            engine = model._compiled  # TEST.RUNTIME: one graph for backbone, heads of RPN/sem
+            # TEST.RUNTIME: one graph for backbone, heads of RPN/sem
+            engine = getattr(model.dense_runner, "engine", None)
             if engine is not None:
                 stack.enter_context(_patched(engine, "dense",
                                              timer.wrap("backbone+FPN", engine.dense)))
@@ -328,7 +330,7 @@ def run_benchmark(
     panoptic outputs. `outputs` is passed to our model's inference (e.g. ("panoptic_seg",)).
     `arithmetic_limit`: also measure a 3x3-conv peak (256 channels at `peak_size`) and count
     the stages' multiply-adds, for each stage's "x of the arithmetic limit"."""
-    from panoptic_ext.modeling.runtime import resolve_runtime
+    from panoptic_ext.deploy.runtime import resolve_runtime
 
     ours, d2, weights = build_models(cfg, seed)
     images, image_source = load_images(cfg, num_images, size, seed)
@@ -406,7 +408,8 @@ def run_benchmark(
                  for p in sorted({"fp32", report["precision_peak"]})}
         macs = stage_macs(d2, size, int(d2.proposal_generator.post_nms_topk[False]),
                           int(statistics.median(instances)))
-        report["limit"] = limit_report(report, macs, peaks, ours._compiled is not None)
+        report["limit"] = limit_report(report, macs, peaks,
+                                       getattr(ours.dense_runner, "engine", None) is not None)
     return report
 
 

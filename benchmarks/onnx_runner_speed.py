@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.model_speed import build_models  # noqa: E402
-from panoptic_ext.apps import export, exported_io, onnx_pipeline  # noqa: E402
+from panoptic_ext.deploy import export, numpy_pipeline, runner_io  # noqa: E402
 from panoptic_ext.engine import setup_cfg  # noqa: E402
 
 COCO = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     test_size = {"min_size_test": cfg.INPUT.MIN_SIZE_TEST, "max_size_test": cfg.INPUT.MAX_SIZE_TEST}
     inputs = []
     for path in args.images:
-        img = exported_io.read_image(path, "BGR")
-        inputs.append((path, torch.from_numpy(exported_io.preprocess_array(img, test_size)),
+        img = runner_io.read_image(path, "BGR")
+        inputs.append((path, torch.from_numpy(runner_io.preprocess_array(img, test_size)),
                        (int(img.shape[0]), int(img.shape[1]))))
     with tempfile.TemporaryDirectory() as out:
         has_mask, res = export._write_onnx_graphs(model, inputs[0][1], out)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             "STUFF_AREA_LIMIT": float(model.combine.stuff_area_thresh),
             "INSTANCES_CONFIDENCE_THRESH": float(model.combine.score_thresh)},
             "onnx": export._onnx_spec(model, has_mask, res)}
-        runner = onnx_pipeline.OnnxPanoptic(out, info, threads=args.threads)
+        runner = numpy_pipeline.OnnxPanoptic(out, info, threads=args.threads)
         equal = total = segments = 0
         print(f"weights: {source}")
         for path, chw, size in inputs:

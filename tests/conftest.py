@@ -27,8 +27,8 @@ def pytest_configure(config):
     os.environ.setdefault("PANOPTIC_EXT_PYTHON", sys.executable)
     # TEST.RUNTIME "auto" means torch here (subprocesses too): hundreds of short-lived models
     # would each pay an ONNX export and compile. The compiled runtimes and "auto" itself are
-    # tested explicitly (tests/modeling/test_runtime.py).
-    from panoptic_ext.modeling.runtime import AUTO_RUNTIME_ENV
+    # tested explicitly (tests.deploy.test_runtime.py).
+    from panoptic_ext.deploy.runtime import AUTO_RUNTIME_ENV
 
     os.environ.setdefault(AUTO_RUNTIME_ENV, "torch")
 

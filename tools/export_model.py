@@ -7,13 +7,13 @@
 
 TorchScript (default) writes OUTPUT/model.ts (traced); its runner needs torch and torchvision.
 ONNX writes OUTPUT/dense.onnx, box_head.onnx, mask_head.onnx; its runner needs onnxruntime,
-numpy and Pillow only (proposals, NMS, pasting and the merge in numpy, onnx_pipeline.py).
+numpy and Pillow only (proposals, NMS, pasting and the merge in numpy, numpy_pipeline.py).
 OpenVINO is the ONNX export plus OpenVINO IR (.xml/.bin) of the graphs, run by openvino.
 Both write OUTPUT/export_info.json (resize, categories, merge thresholds) and
 OUTPUT/run_exported.py (+ the modules it imports), then check the exported panoptic output
 against the eager model on the sample image (default: the first image of DATASETS.TEST[0]);
 exit 1 if TorchScript differs at all, or ONNX on more than 0.1% of the pixels.
-The logic lives in ``panoptic_ext.apps.export``.
+The logic lives in ``panoptic_ext.deploy.export``.
 """
 
 import argparse
@@ -21,8 +21,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext.apps.export import export_onnx, export_torchscript
 from panoptic_ext.cli import parse_args_and_overrides
+from panoptic_ext.deploy.export import export_onnx, export_torchscript
 from panoptic_ext.engine import setup_cfg
 
 

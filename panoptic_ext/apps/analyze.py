@@ -251,12 +251,12 @@ def run_model_predictions(cfg: CfgNode, dataset: str, output: str) -> dict:
     saved to ``output`` (predictions.json + predictions/); returns its metrics."""
     from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
-    from detectron2.modeling import build_model
 
+    from ..deploy.runtime import build_inference_model
     from ..engine.weights import load_weights, trust_weights_file
     from ..evaluation.panoptic_evaluator import PanopticEvaluator
 
-    model = build_model(cfg).eval()
+    model = build_inference_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, purpose="the analysis", dataset=dataset,
                  trust_file=trust_weights_file(cfg))
     evaluator = PanopticEvaluator(dataset, output_dir=output, save_panoptic=True)

@@ -20,12 +20,13 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
+from ..deploy import runner_io
+from ..deploy.runtime import attach_runtime
 from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
 from ..utils.io import atomic_write_json
 from ..utils.paths import check_output_file, refuse_replacing_inputs
-from . import exported_io
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -77,13 +78,13 @@ def collect_inputs(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     return unique, problems
 
 
-to_8bit = exported_io.to_8bit  # one rule for every mode, shared with the exported runners
+to_8bit = runner_io.to_8bit  # one rule for every mode, shared with the exported runners
 
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:
     """HxWx3 uint8 in ``format`` (BGR or RGB), upright per EXIF, every PIL mode converted
     by :func:`to_8bit` (Detectron2's reader clips 16-bit images)."""
-    return np.ascontiguousarray(exported_io.read_image(path, format))
+    return np.ascontiguousarray(runner_io.read_image(path, format))
 
 
 def panoptic_to_coco(
@@ -165,6 +166,7 @@ class PanopticDemo:
         unloaded.MODEL.WEIGHTS = ""  # loaded below by the one weights loader, checked
         unloaded.freeze()
         self.predictor = DefaultPredictor(unloaded)
+        attach_runtime(self.predictor.model, cfg)  # TEST.RUNTIME
         load_weights(self.predictor.model, cfg.MODEL.WEIGHTS, purpose="the demo",
                      dataset=self.metadata.name, trust_file=trust_weights_file(cfg))
         self.cpu = torch.device("cpu")
@@ -297,9 +299,9 @@ class PanopticDemo:
     def run_files(self, files: Sequence[str], output: str) -> list[str]:
         """Process files into `output`; returns the files that failed (reported on stderr).
 
-        The folder is checked and locked first (:func:`exported_io.output_run`): an output
+        The folder is checked and locked first (:func:`runner_io.output_run`): an output
         that would replace an input, or a second run into the folder, is refused."""
-        with exported_io.output_run(files, output):
+        with runner_io.output_run(files, output):
             return self._run_files(files, output)
 
     def _run_files(self, files: Sequence[str], output: str) -> list[str]:
@@ -316,8 +318,8 @@ class PanopticDemo:
             ids, seg_json = self.coco(predictions)
             stem = os.path.splitext(os.path.basename(path))[0]
             write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
-            exported_io.save_image(self.draw(image, predictions),
-                                   os.path.join(output, exported_io.picture_name(path)))
+            runner_io.save_image(self.draw(image, predictions),
+                                   os.path.join(output, runner_io.picture_name(path)))
             annotations.append(
                 {
                     "image_id": stem,

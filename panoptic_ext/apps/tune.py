@@ -24,10 +24,10 @@ import torch
 import yaml
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.modeling import build_model
 from tabulate import tabulate
 from tqdm import tqdm
 
+from ..deploy.runtime import build_inference_model
 from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..evaluation import (
@@ -263,7 +263,7 @@ def tune_combine(
     # Registered, with categories (an error naming DATASETS.TEST / --dataset otherwise).
     dataset = panoptic_metadata(cfg, dataset, key="--dataset" if dataset else "DATASETS.TEST"
                                 ).name
-    model = build_model(cfg).eval()
+    model = build_inference_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, purpose="tuning", dataset=dataset,
                  trust_file=trust_weights_file(cfg))
     combine = model.combine

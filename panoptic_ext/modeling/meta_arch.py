@@ -4,7 +4,8 @@ Submodule names follow Detectron2's `PanopticFPN`, so its checkpoints (including
 `panoptic_fpn_R_50_*`) load with no missing or unexpected keys. This module holds training and
 the inference dispatch; the post-processing steps are in `postprocess.py`, the merge in
 `combine/`, the inference speed-ups (norm folding, channels_last, autocast) in
-`inference_opts.py`.
+`inference_opts.py`. Compiled runtimes (TEST.RUNTIME) live in `panoptic_ext.deploy`, which hands
+the model a `dense_runner`; the model does not know how that runner computes.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ from .postprocess import (
     semantic_resize,
 )
 from .precision import autocast, check_precision, resolve_precision
-from .runtime import CompiledRuntime, check_runtime, resolve_runtime
 
-__all__ = ["PanopticFPNExt"]
+__all__ = ["DenseOutputs", "PanopticFPNExt"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ class _NetworkOutputs(NamedTuple):
     detections: list[Instances]
     sem_small: torch.Tensor | None  # head logits at 1/common_stride (fast semantic path)
     sem_full: torch.Tensor | None  # head logits at the padded input size
+
+
+class DenseOutputs(NamedTuple):
+    """What a dense runner (`PanopticFPNExt.dense_runner`) computes for a padded, normalized
+    batch in place of torch: the semantic head's logits at 1/common_stride, the FPN features the
+    ROI heads read, and patches (for `inference_opts.shadowed`) that make the RPN, box and mask
+    heads return or compute the runner's outputs while proposals and detections are made."""
+
+    sem_small: torch.Tensor
+    features: dict[str, torch.Tensor]
+    head_patches: list[Patch]
 
 
 @META_ARCH_REGISTRY.register()
@@ -77,7 +88,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         fuse_norm: bool = True,
         postprocess_threads: int = 1,
         precision: str = "fp32",
-        runtime: str = "auto",
+        dense_runner: Callable[[nn.Module, torch.Tensor], DenseOutputs | None] | None = None,
         outputs: Sequence[str] = _OUTPUTS,
         **kwargs,
     ):
@@ -99,8 +110,9 @@ class PanopticFPNExt(GeneralizedRCNN):
                 unchanged); its many small ops lose more to thread hand-offs than they gain.
             precision: "fp32", "bf16" or "fp16" (CUDA) autocast for the convolutional parts at
                 inference, as given (the config's TEST.PRECISION passes `resolve_precision`).
-            runtime: TEST.RUNTIME, who runs the dense parts at inference ("torch", "openvino",
-                "onnxruntime", "auto"; see `runtime.py`).
+            dense_runner: called as `dense_runner(model, images)` at inference; its
+                `DenseOutputs` replace the torch dense parts, None lets torch run them
+                (`panoptic_ext.deploy.attach_runtime` sets TEST.RUNTIME's).
             outputs: what `inference` returns by default.
             kwargs: as for GeneralizedRCNN (backbone, proposal_generator, roi_heads, ...).
         """
@@ -117,8 +129,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self._folded_norms = FoldedNorms()
         self.postprocess_threads = int(postprocess_threads)
         self.precision = check_precision(precision, self.device.type)
-        self.runtime = check_runtime(runtime)
-        self._compiled: CompiledRuntime | None = None
+        self.dense_runner = dense_runner
         self.outputs = self._check_outputs(outputs)
 
     @classmethod
@@ -137,7 +148,6 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["precision"] = resolve_precision(cfg.TEST.PRECISION.lower(),
                                              torch.device(cfg.MODEL.DEVICE).type,
                                              ext.EMULATED_BF16)
-        ret["runtime"] = cfg.TEST.RUNTIME
         ret["outputs"] = tuple(ext.INFERENCE_OUTPUTS)
         return ret
 
@@ -266,9 +276,10 @@ class PanopticFPNExt(GeneralizedRCNN):
         """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
         check_precision(self.precision, self.device.type)  # every runtime: one rule
         images = self.preprocess_image(batched_inputs)
-        engine = self._compiled_runtime()
-        if engine is not None and engine.ready(self, images.tensor):
-            return self._run_compiled(engine, images, full_sem)
+        if self.dense_runner is not None and not self.training:
+            dense = self.dense_runner(self, images.tensor)
+            if dense is not None:
+                return self._run_heads(dense, images, full_sem)
         sem_small = sem_full = None
         with self._inference_precision():
             x = images.tensor
@@ -292,36 +303,17 @@ class PanopticFPNExt(GeneralizedRCNN):
             sem_full = self._upsample(sem_small)
         return _NetworkOutputs(list(images.image_sizes), detections, sem_small, sem_full)
 
-    def _compiled_runtime(self) -> CompiledRuntime | None:
-        """TEST.RUNTIME's engine for the dense parts, None where torch runs them. Made at the
-        first inference call of this model instance; it rebuilds its graphs whenever a weight
-        has changed since (training steps, load_state_dict)."""
-        if self.training:
-            return None
-        name = resolve_runtime(self.runtime, self.device.type)
-        if name == "torch":
-            return None
-        engine = self._compiled
-        verify = self.runtime == "auto"
-        if engine is None or (engine.runtime, engine.precision, engine.verify) != (
-                name, self.precision, verify):
-            engine = self._compiled = CompiledRuntime(name, self.precision, reuse=engine,
-                                                      verify=verify)
-        return engine
-
-    def _run_compiled(self, engine: CompiledRuntime, images: ImageList,
-                      full_sem: bool) -> _NetworkOutputs:
-        """`_run_network` with the dense parts (backbone + FPN, semantic head, RPN head, box
-        and mask heads) run by `engine`; proposals, NMS, ROIAlign stay torch's."""
-        sem_small, features, objectness, deltas = engine.dense(self, images.tensor)
-        with shadowed(engine.head_patches(self, objectness, deltas) + self._roi_align_patches()):
-            proposals, _ = self.proposal_generator(images, features, None)
-            detections, _ = self.roi_heads(images, features, proposals, None)
-        del features
+    def _run_heads(self, dense: DenseOutputs, images: ImageList,
+                   full_sem: bool) -> _NetworkOutputs:
+        """`_run_network` from a dense runner's outputs: proposals, NMS and ROIAlign stay
+        torch's, the heads return or compute what the runner gives."""
+        with shadowed(dense.head_patches + self._roi_align_patches()):
+            proposals, _ = self.proposal_generator(images, dense.features, None)
+            detections, _ = self.roi_heads(images, dense.features, proposals, None)
         fast = self._fast_semantic()
-        sem_full = self._upsample(sem_small) if full_sem or not fast else None
+        sem_full = self._upsample(dense.sem_small) if full_sem or not fast else None
         return _NetworkOutputs(list(images.image_sizes), detections,
-                               sem_small if fast else None, sem_full)
+                               dense.sem_small if fast else None, sem_full)
 
     def _postprocess(
         self,
@@ -417,6 +409,11 @@ class PanopticFPNExt(GeneralizedRCNN):
             return semantic_resize(logits, tuple(image_size), (height, width))
         return sem_seg_postprocess(logits, image_size, height, width)
 
+    def folded_norm_patches(self, precision: str) -> list[Patch]:
+        """Patches folding each inference-mode norm into its convolution at `precision`, if
+        FUSE_NORM (none otherwise): what inference and the exported graphs run."""
+        return self._folded_norms.patches(self, precision) if self.fuse_norm else []
+
     def _to_channels_last(self) -> None:
         """Convert conv weights once; channels_last convolutions are faster with oneDNN."""
         if self._channels_last_done:
@@ -433,9 +430,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         autocast (TEST.PRECISION). Everything numerically sensitive (box decoding, NMS, mask
         probabilities and pasting, semantic argmax, merge) still sees float32, as each autocast
         part returns float32. Nothing is changed outside inference (training, state_dict)."""
-        patches: list[Patch] = []
-        if self.fuse_norm:
-            patches += self._folded_norms.patches(self, self.precision)
+        patches = self.folded_norm_patches(self.precision)
         if self.precision != "fp32":
             parts = [(self.backbone, "forward"), (self.proposal_generator.rpn_head, "forward")]
             for name in ("box_head", "mask_head"):

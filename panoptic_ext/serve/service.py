@@ -27,11 +27,11 @@ from detectron2.data.transforms import ResizeShortestEdge
 from PIL import Image, UnidentifiedImageError
 
 from ..apps.demo import PanopticDemo
-from ..apps.exported_io import image_array
 from ..data.metadata import contiguous_to_dataset_ids, dataset_categories
+from ..deploy.runner_io import image_array
+from ..deploy.runtime import resolve_runtime
 from ..formats import encode_panoptic_png
 from ..modeling.combine import build_combine
-from ..modeling.runtime import resolve_runtime
 
 __all__ = ["BadInput", "Job", "PanopticService", "ServeSettings", "decode_image"]
 

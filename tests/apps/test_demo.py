@@ -77,7 +77,7 @@ from panoptic_ext.engine.weights import WeightsError  # noqa: E402
 
 
 def _template():
-    from panoptic_ext.apps import export
+    from panoptic_ext.deploy import export
 
     spec = importlib.util.spec_from_file_location("run_exported", export._TEMPLATE)
     module = importlib.util.module_from_spec(spec)

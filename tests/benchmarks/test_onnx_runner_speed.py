@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import onnx_runner_speed
 from tests.helpers.tools import SYNTHETIC_CONFIG
-from tests.modeling.test_runtime import SMALL
+from tests.deploy.test_runtime import SMALL
 
 
 def test_agreement_over_images(pristine, capsys):

@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from panoptic_ext.modeling.runtime import AUTO_RUNTIME_ENV
+from panoptic_ext.deploy.runtime import AUTO_RUNTIME_ENV
 
 from ..helpers.model import coco_cfg, detectron2_cfg, tame_random_weights
 

@@ -1,165 +1,56 @@
-"""The model's dense parts as ONNX graphs, for `tools/export_model.py --format onnx` and for
-TEST.RUNTIME (OpenVINO / ONNX Runtime running them at inference).
+"""TEST.RUNTIME: the model's dense parts run by OpenVINO or ONNX Runtime at inference.
 
-`DenseGraph` is backbone + FPN, the semantic head and the RPN head in one graph (dynamic height
-and width); `RoiHeadGraph` is a box or mask head, optionally with its per-level ROIAlign (as
-ONNX RoiAlign ops, dynamic box counts). Everything data-dependent (anchors, top-k, NMS, box
-decoding, pasting, the merge) stays outside the graphs. Norms are folded into the convolutions
-(MODEL.PANOPTIC_EXT.FUSE_NORM) while tracing, so the graphs hold plain convolutions.
+`attach_runtime(model, cfg)` gives an inference model the `DenseRunner` that TEST.RUNTIME
+asks for (`build_inference_model` builds and attaches); the model itself knows only that it
+may have a dense runner (`PanopticFPNExt.dense_runner`).
 
-`CompiledRuntime` (TEST.RUNTIME): the model's own weights exported in memory on the first
-inference call (so every checkpoint works, nothing is downloaded), compiled by the engine with
-dynamic shapes, and rebuilt when any weight changes (keyed on the tensors' in-place version
-counters, as the folded norms are: training steps and `load_state_dict` bump them). Only the
-dense parts run there; proposal selection, NMS, ROIAlign, pasting and the merge stay in torch.
-With TEST.RUNTIME "auto" (the default) each build is checked against torch on its first input
-and refused (torch runs instead, with a warning) if the outputs disagree.
+`CompiledRuntime`: the model's own weights exported in memory on the first inference call (so
+every checkpoint works, nothing is downloaded), compiled by the engine with dynamic shapes, and
+rebuilt when any weight changes (keyed on the tensors' in-place version counters, as the folded
+norms are: training steps and `load_state_dict` bump them). Only the dense parts run there;
+proposal selection, NMS, ROIAlign, pasting and the merge stay in torch. With TEST.RUNTIME
+"auto" (the default) each build is checked against torch on its first input and refused (torch
+runs instead, with a warning) if the outputs disagree.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import logging
 import os
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
 from torch import nn
 
-from ..apps.onnx_pipeline import keep_signal_stack  # torch-free, shared with the runner
+from ..modeling.meta_arch import DenseOutputs
+from .graphs import (
+    DenseGraph,
+    RoiHeadGraph,
+    check_exportable,
+    folded_norms,
+    onnx_bytes,
+    pooled_sample,
+)
+from .numpy_pipeline import Session
 
 __all__ = [
     "AUTO_RUNTIME_ENV",
-    "ONNX_OPSET",
     "RUNTIMES",
     "CompiledRuntime",
+    "DenseRunner",
+    "attach_runtime",
     "available_runtimes",
+    "build_inference_model",
     "check_runtime",
-    "folded_norms",
-    "openvino_config",
     "resolve_runtime",
-    "DenseGraph",
-    "RoiHeadGraph",
-    "check_exportable",
-    "onnx_bytes",
 ]
 
 logger = logging.getLogger(__name__)
-
-ONNX_OPSET = 17  # RoiAlign with aligned=True (coordinate_transformation_mode half_pixel): 16+
-
-
-def check_exportable(model: nn.Module) -> None:
-    """Raise a clear error for model parts the graphs and the numpy pipeline do not cover."""
-    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-    from detectron2.modeling.poolers import ROIPooler
-    from detectron2.modeling.roi_heads import StandardROIHeads
-
-    pg, rh = model.proposal_generator, model.roi_heads
-    problems = []
-    if not hasattr(model.sem_seg_head, "layers"):
-        problems.append(f"semantic head {type(model.sem_seg_head).__name__} has no layers()")
-    if type(getattr(pg, "anchor_generator", None)) is not DefaultAnchorGenerator:
-        problems.append("the RPN needs Detectron2's DefaultAnchorGenerator")
-    if not isinstance(rh, StandardROIHeads) or not isinstance(rh.box_pooler, ROIPooler):
-        problems.append("the ROI heads need to be StandardROIHeads with ROIAlign poolers")
-    elif getattr(rh, "mask_on", False) and list(rh.mask_in_features) != list(rh.box_in_features):
-        problems.append("mask and box heads must read the same FPN levels")
-    square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
-    if square:
-        problems.append("square padding (padding_constraints square_size) is not supported")
-    for pooler in [rh.box_pooler, getattr(rh, "mask_pooler", None)]:
-        for p in getattr(pooler, "level_poolers", []):
-            problem = f"pooler {type(p).__name__} is not ROIAlign/ROIAlignV2"
-            if not hasattr(p, "aligned") and problem not in problems:
-                problems.append(problem)
-    if problems:
-        raise TypeError("ONNX export/runtime does not support this model: " + "; ".join(problems))
-
-
-class DenseGraph(nn.Module):
-    """image (N, 3, H, W), normalized and padded -> (semantic logits, the FPN features the RPN
-    and ROI heads read (`feature_names`), RPN objectness per level, RPN deltas per level).
-    `full_semantic`: the logits at the input size (the head's final upsampling included),
-    else at 1/common_stride."""
-
-    def __init__(self, model: nn.Module, full_semantic: bool = True):
-        super().__init__()
-        self.backbone = model.backbone
-        self.sem_seg_head = model.sem_seg_head
-        self.rpn_head = model.proposal_generator.rpn_head
-        self.rpn_in = list(model.proposal_generator.in_features)
-        self.roi_in = list(model.roi_heads.box_in_features)
-        self.feature_names = self.rpn_in + [f for f in self.roi_in if f not in self.rpn_in]
-        self.full_semantic = full_semantic
-
-    def output_names(self) -> list[str]:
-        return (["sem_seg", *self.feature_names] + [f"objectness_{f}" for f in self.rpn_in]
-                + [f"deltas_{f}" for f in self.rpn_in])
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.backbone(image)
-        sem = self.sem_seg_head.layers(features)
-        if self.full_semantic:
-            sem = F.interpolate(sem, scale_factor=self.sem_seg_head.common_stride,
-                                mode="bilinear", align_corners=False)
-        objectness, deltas = self.rpn_head([features[f] for f in self.rpn_in])
-        return (sem, *[features[f] for f in self.feature_names], *objectness, *deltas)
-
-
-class RoiHeadGraph(nn.Module):
-    """A box head (+ predictor: (class logits, box deltas)) or a mask head (mask logits).
-
-    With `pooler`: inputs are the FPN features then one (Ni, 4) box tensor per level (boxes
-    already assigned to levels); output rows come level by level. Without: the input is the
-    pooled (N, C, R, R) features."""
-
-    def __init__(self, head: nn.Module, predictor: nn.Module | None = None,
-                 pooler: nn.Module | None = None):
-        super().__init__()
-        self.head = head
-        self.predictor = predictor
-        self.level_poolers = None if pooler is None else pooler.level_poolers
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
-        if self.level_poolers is None:
-            x = inputs[0]
-        else:
-            n = len(self.level_poolers)
-            pooled = []
-            for pool, feat, rois in zip(self.level_poolers, inputs[:n], inputs[n:], strict=True):
-                rois5 = torch.cat([torch.zeros_like(rois[:, :1]), rois], dim=1)
-                pooled.append(pool(feat, rois5))
-            x = torch.cat(pooled, dim=0)
-        if self.predictor is None:
-            return self.head.layers(x)
-        return self.predictor(self.head(x))
-
-
-def onnx_bytes(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    dynamic_axes: dict[str, dict[int, str]],
-) -> bytes:
-    """`module` traced into an ONNX model (opset ONNX_OPSET), as bytes."""
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # TracerWarnings, the legacy exporter's deprecation
-        torch.onnx.export(module, args, buf, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes=dynamic_axes, do_constant_folding=True)
-    return buf.getvalue()
-
-
-# ---- TEST.RUNTIME ----------------------------------------------------------------------------
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 _COMPILED = ("openvino", "onnxruntime")  # "auto" order: fastest first (see docs/speed.md)
@@ -219,47 +110,6 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
     return runtime
 
 
-def openvino_config(precision: str, threads: int) -> dict[str, Any]:
-    """OpenVINO CPU compile properties: TEST.PRECISION bf16 -> the bf16 inference precision
-    hint (used where the CPU has bf16 instructions), else f32 (OpenVINO's CPU default would be
-    bf16 on AMX machines); `threads` (0: OpenVINO's default)."""
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    if threads > 0:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return config
-
-
-class _Engine:
-    """One compiled graph: numpy arrays in, a list of numpy arrays out."""
-
-    def __init__(self, runtime: str, blob: bytes, precision: str, threads: int):
-        self.runtime = runtime
-        if runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            if threads > 0:
-                opts.intra_op_num_threads = threads
-            if precision == "bf16" and "bf16" not in _fallback_logged:
-                _fallback_logged.add("bf16")
-                logger.warning("TEST.PRECISION=bf16: ONNX Runtime's CPU provider runs fp32")
-            self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-            self._names = [i.name for i in self._session.get_inputs()]
-        else:
-            with keep_signal_stack():  # the CPU plugin swaps the signal stack (segfaults)
-                import openvino as ov
-
-                core = ov.Core()
-                self._compiled = core.compile_model(core.read_model(blob, b""), "CPU",
-                                                    openvino_config(precision, threads))
-
-    def __call__(self, *arrays) -> list:
-        if self.runtime == "onnxruntime":
-            return self._session.run(None, dict(zip(self._names, arrays, strict=True)))
-        with keep_signal_stack():
-            return list(self._compiled(list(arrays)).to_tuple())
-
-
 def _np(t: torch.Tensor):
     return t.detach().float().contiguous().numpy()
 
@@ -281,7 +131,7 @@ class CompiledRuntime:
         self.verify = verify
         self.refused: str | None = None  # why the last build failed `verify`
         self._key: tuple | None = None
-        self._engines: dict[str, _Engine] = {}
+        self._engines: dict[str, Session] = {}
         self._blobs: dict[str, bytes] = {} if reuse is None else reuse._blobs
         self._blob_key: tuple | None = None if reuse is None else reuse._blob_key
 
@@ -328,7 +178,11 @@ class CompiledRuntime:
             self._blob_key = key
         t1 = time.perf_counter()
         threads = torch.get_num_threads()
-        self._engines = {k: _Engine(self.runtime, b, self.precision, threads)
+        ort_bf16 = self.runtime == "onnxruntime" and self.precision == "bf16"
+        if ort_bf16 and "bf16" not in _fallback_logged:
+            _fallback_logged.add("bf16")
+            logger.warning("TEST.PRECISION=bf16: ONNX Runtime's CPU provider runs fp32")
+        self._engines = {k: Session(self.runtime, b, self.precision, threads)
                          for k, b in self._blobs.items()}
         logger.info(f"TEST.RUNTIME {self.runtime} ({self.precision}): graphs exported in "
                     f"{t1 - t0:.1f} s, compiled in {time.perf_counter() - t1:.1f} s "
@@ -389,13 +243,13 @@ class CompiledRuntime:
         channels = model.backbone.output_shape()[rh.box_in_features[0]].channels
         with folded_norms(model):
             blobs = {"dense": onnx_bytes(dense, (x,), ["image"], names, axes)}
-            box_in = _pooled_sample(rh.box_pooler, channels)
+            box_in = pooled_sample(rh.box_pooler, channels)
             blobs["box"] = onnx_bytes(
                 RoiHeadGraph(rh.box_head, rh.box_predictor).eval(), (box_in,), ["pooled"],
                 ["class_logits", "box_deltas"],
                 {"pooled": {0: "n"}, "class_logits": {0: "n"}, "box_deltas": {0: "n"}})
             if getattr(rh, "mask_on", False):
-                mask_in = _pooled_sample(rh.mask_pooler, channels)
+                mask_in = pooled_sample(rh.mask_pooler, channels)
                 blobs["mask"] = onnx_bytes(
                     RoiHeadGraph(rh.mask_head).eval(), (mask_in,), ["pooled"],
                     ["mask_logits"], {"pooled": {0: "n"}, "mask_logits": {0: "n"}})
@@ -444,17 +298,45 @@ class CompiledRuntime:
         return patches
 
 
-def _pooled_sample(pooler: nn.Module, channels: int) -> torch.Tensor:
-    """A (2, C, R, R) stand-in for pooled features, to trace a head with."""
-    return torch.zeros((2, channels, *pooler.output_size))
 
 
-def folded_norms(model: nn.Module) -> contextlib.AbstractContextManager:
-    """While inside: the model's foldable norms folded into their convolutions (fp32), if
-    MODEL.PANOPTIC_EXT.FUSE_NORM; the graphs then hold plain convolutions."""
-    from .inference_opts import shadowed
+class DenseRunner:
+    """The dense-part call `PanopticFPNExt` takes (`model.dense_runner`): TEST.RUNTIME
+    resolved on the model's device, a `CompiledRuntime` made on the first call and remade when
+    the runtime or the model's precision changes; None (torch runs) where the runtime is torch
+    or "auto" refused the build."""
 
-    folder = getattr(model, "_folded_norms", None)
-    if folder is None or not getattr(model, "fuse_norm", False):
-        return contextlib.nullcontext()
-    return shadowed(folder.patches(model, "fp32"))
+    def __init__(self, runtime: str = "auto"):
+        self.runtime = check_runtime(runtime)
+        self.engine: CompiledRuntime | None = None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> DenseOutputs | None:
+        name = resolve_runtime(self.runtime, model.device.type)
+        if name == "torch":
+            return None
+        verify = self.runtime == "auto"
+        engine = self.engine
+        if engine is None or (engine.runtime, engine.precision, engine.verify) != (
+                name, model.precision, verify):
+            engine = self.engine = CompiledRuntime(name, model.precision, reuse=engine,
+                                                   verify=verify)
+        if not engine.ready(model, x):
+            return None
+        sem_small, features, objectness, deltas = engine.dense(model, x)
+        return DenseOutputs(sem_small, features, engine.head_patches(model, objectness, deltas))
+
+
+def attach_runtime(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """`model` with TEST.RUNTIME's dense runner (none for "torch"), for inference; returned
+    for chaining. Models without a `dense_runner` slot (Detectron2's own) are left as they
+    are."""
+    runtime = check_runtime(cfg.TEST.RUNTIME)
+    if hasattr(model, "dense_runner"):
+        model.dense_runner = None if runtime == "torch" else DenseRunner(runtime)
+    return model
+
+
+def build_inference_model(cfg: CfgNode) -> nn.Module:
+    """Detectron2's `build_model` in eval mode with TEST.RUNTIME attached: how tools build a
+    model they only run."""
+    return attach_runtime(build_model(cfg), cfg).eval()

@@ -6,7 +6,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from panoptic_ext.apps.onnx_pipeline import _SignalStack, keep_signal_stack
+from panoptic_ext.deploy.numpy_pipeline import _SignalStack, keep_signal_stack
 
 
 def _current() -> tuple[int, int, int]:
@@ -34,7 +34,7 @@ def test_openvino_compile_keeps_the_signal_stack():
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_damaged_graph_is_named(tmp_path, engine):
     pytest.importorskip(engine)
-    from panoptic_ext.apps.onnx_pipeline import OnnxPanoptic
+    from panoptic_ext.deploy.numpy_pipeline import OnnxPanoptic
 
     (tmp_path / "dense.onnx").write_bytes(b"\x08\x07\x12\x04trun")  # an export cut short
     info = {"onnx": {"files": {"dense": "dense.onnx", "box_head": "box_head.onnx"}}}
@@ -44,7 +44,7 @@ def test_damaged_graph_is_named(tmp_path, engine):
 
 
 def test_missing_or_malformed_export_info_is_named(tmp_path):
-    from panoptic_ext.apps.exported_io import read_export_info
+    from panoptic_ext.deploy.runner_io import read_export_info
 
     path = tmp_path / "export_info.json"
     with pytest.raises(FileNotFoundError, match=f"{path} is missing: --model-dir"):

@@ -2,7 +2,7 @@
 ONNX): numpy and Pillow only, no torch, no Detectron2.
 
 tools/export_model.py copies this file next to the exported model, where ``run_exported.py``
-imports it; inside the package it is ``panoptic_ext.apps.exported_io``. What it writes follows
+imports it; inside the package it is ``panoptic_ext.deploy.runner_io``. What it writes follows
 tools/demo.py: OUT/panoptic/<stem>.png (COCO panoptic, id = R + 256 G + 256^2 B), a picture per
 image, and OUT/predictions.json (segments with the dataset's category ids, area, bbox).
 The output checks, lock and atomic writes are panoptic_ext.utils', copied next to the runner as

@@ -1,4 +1,4 @@
-"""TorchScript and ONNX export (tools/export_model.py, panoptic_ext.apps.export): the exported
+"""TorchScript and ONNX export (tools/export_model.py, panoptic_ext.deploy.export): the exported
 model gives the eager model's panoptic result, and its runner works without Detectron2 (the
 ONNX runner also without torch)."""
 
@@ -119,7 +119,7 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
                                 text).group(1))
     assert agreement >= 99.9, text
     for name in ("dense.onnx", "box_head.onnx", "mask_head.onnx", "export_info.json",
-                 "run_exported.py", "exported_io.py", "onnx_pipeline.py"):
+                 "run_exported.py", "runner_io.py", "numpy_pipeline.py"):
         assert (out / name).is_file(), name
 
     # the runner with torch, torchvision, Detectron2 and panoptic_ext unimportable, on two val
@@ -162,13 +162,13 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
 
     # OpenVINO runs the same graphs, and their IR (what --format openvino adds): same result
     pytest.importorskip("openvino")
-    from panoptic_ext.apps import exported_io
-    from panoptic_ext.apps.export import convert_to_openvino
-    from panoptic_ext.apps.onnx_pipeline import OnnxPanoptic
+    from panoptic_ext.deploy import runner_io
+    from panoptic_ext.deploy.export import convert_to_openvino
+    from panoptic_ext.deploy.numpy_pipeline import OnnxPanoptic
 
     info = json.loads((out / "export_info.json").read_text())
-    image = exported_io.read_image(images[1], info["input_format"])
-    chw = exported_io.preprocess_array(image, info)
+    image = runner_io.read_image(images[1], info["input_format"])
+    chw = runner_io.preprocess_array(image, info)
     ref = OnnxPanoptic(str(out), info)(chw, image.shape[:2])
     runners = [OnnxPanoptic(str(out), info, engine="openvino")]  # reading the .onnx files
     info = convert_to_openvino(str(out))
@@ -180,7 +180,7 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
 
 
 def test_bad_output_or_sample_image_named_before_the_trace(tmp_path):
-    from panoptic_ext.apps.export import _sample_input, export_onnx, export_torchscript
+    from panoptic_ext.deploy.export import _sample_input, export_onnx, export_torchscript
 
     cfg = synthetic_cfg(["MODEL.WEIGHTS", str(tmp_path / "w.pth")])
     (tmp_path / "afile").write_text("")

@@ -4,8 +4,8 @@ Detectron2 nor us.
 ONNX (``export_onnx``): three graphs, ``dense.onnx`` (backbone + FPN, semantic head with its
 final upsampling, RPN head; dynamic height and width), ``box_head.onnx`` and ``mask_head.onnx``
 (ROIAlign per FPN level as ONNX RoiAlign ops, then the head; dynamic box counts). Proposal
-selection, NMS, box decoding, mask pasting and the merge run in numpy in ``onnx_pipeline.py``,
-copied next to the graphs with ``exported_io.py`` and ``run_exported.py`` (from
+selection, NMS, box decoding, mask pasting and the merge run in numpy in ``numpy_pipeline.py``,
+copied next to the graphs with ``runner_io.py`` and ``run_exported.py`` (from
 ``run_onnx_template.py``): the runner needs onnxruntime, numpy and Pillow only.
 
 TorchScript (``export_torchscript``):
@@ -51,10 +51,10 @@ from ..modeling.postprocess import (
     panoptic_from_detections,
     segments_from_tensors,
 )
-from ..modeling.runtime import ONNX_OPSET, DenseGraph, RoiHeadGraph, check_exportable, onnx_bytes
 from ..utils.io import atomic_write, atomic_write_json, naming_path
 from ..utils.paths import prepare_output_dir, refuse_replacing_inputs
-from .onnx_pipeline import keep_signal_stack
+from .graphs import ONNX_OPSET, DenseGraph, RoiHeadGraph, check_exportable, onnx_bytes
+from .numpy_pipeline import keep_signal_stack
 
 __all__ = [
     "EXPORT_FILES",
@@ -78,9 +78,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _TEMPLATE = os.path.join(_HERE, "run_exported_template.py")
 _ONNX_TEMPLATE = os.path.join(_HERE, "run_onnx_template.py")
 # torch-free modules the runners import, copied next to them
-_RUNNER_MODULES = {"torchscript": ("exported_io.py",),
-                   "onnx": ("exported_io.py", "onnx_pipeline.py")}
-# the standard-library helpers exported_io imports (output checks, lock, atomic writes), copied
+_RUNNER_MODULES = {"torchscript": ("runner_io.py",),
+                   "onnx": ("runner_io.py", "numpy_pipeline.py")}
+# the standard-library helpers runner_io imports (output checks, lock, atomic writes), copied
 # as the runner's panoptic_utils/ package
 _UTILS = os.path.join(os.path.dirname(_HERE), "utils")
 _RUNNER_UTILS = ("panoptic_utils", ("__init__.py", "io.py", "locks.py", "paths.py"))
@@ -359,7 +359,7 @@ def _pooler_spec(pooler: nn.Module) -> dict[str, Any]:
 
 
 def _onnx_spec(model: nn.Module, has_mask: bool, mask_resolution: int) -> dict[str, Any]:
-    """What onnx_pipeline needs besides the graphs, read from the built model (so any config's
+    """What numpy_pipeline needs besides the graphs, read from the built model (so any config's
     anchors, thresholds and poolers carry over)."""
     pg, rh = model.proposal_generator, model.roi_heads
     ag, bp = pg.anchor_generator, rh.box_predictor
@@ -498,7 +498,7 @@ def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
 
     importlib.import_module("openvino" if openvino else "onnxruntime")  # the check runs it
 
-    from . import onnx_pipeline
+    from . import numpy_pipeline
 
     _check_output(output_dir, cfg, sample_image)
     cfg, meta, model = _model_for_export(cfg)
@@ -516,6 +516,6 @@ def export_onnx(cfg: CfgNode, output_dir: str, sample_image: str | None = None,
     if openvino:
         info = convert_to_openvino(output_dir)
 
-    runner = onnx_pipeline.OnnxPanoptic(output_dir, info)
+    runner = numpy_pipeline.OnnxPanoptic(output_dir, info)
     return sample.report(output_dir, compare_onnx_with_eager(model, runner, sample.image,
                                                              sample.out_size))

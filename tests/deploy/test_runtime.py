@@ -10,11 +10,13 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from panoptic_ext.modeling import runtime
-from panoptic_ext.modeling.runtime import (
+from panoptic_ext.deploy import numpy_pipeline, runtime
+from panoptic_ext.deploy.numpy_pipeline import openvino_config
+from panoptic_ext.deploy.runtime import (
     CompiledRuntime,
+    DenseRunner,
+    build_inference_model,
     check_runtime,
-    openvino_config,
     resolve_runtime,
 )
 from tests.helpers.tools import TINY_OPTS, synthetic_cfg
@@ -52,12 +54,12 @@ def _agreement(ref, out) -> float:
 def test_runtime_matches_torch(small, name, monkeypatch, caplog):
     pytest.importorskip(name)
     model, inputs, ref = small
-    monkeypatch.setattr(model, "runtime", name)
-    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.modeling.runtime"):
+    monkeypatch.setattr(model, "dense_runner", DenseRunner(name))
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.deploy.runtime"):
         out = model(inputs)
-        engine = model._compiled
+        engine = model.dense_runner.engine
         again = model(inputs)  # same weights: nothing rebuilt
-    assert engine is not None and engine.runtime == name and model._compiled is engine
+    assert engine is not None and engine.runtime == name and model.dense_runner.engine is engine
     assert sum("compiled in" in r.getMessage() for r in caplog.records) == 1
     assert _agreement(ref, out) >= 0.999 and _agreement(out, again) == 1.0
     assert sum(s["isthing"] for r in ref for s in r["panoptic_seg"][1]) > 0  # heads ran
@@ -65,9 +67,6 @@ def test_runtime_matches_torch(small, name, monkeypatch, caplog):
         assert o["sem_seg"].shape == r["sem_seg"].shape
         assert len(o["instances"]) == len(r["instances"])
         assert torch.allclose(o["instances"].scores, r["instances"].scores, atol=1e-3)
-    model.train()
-    assert model._compiled_runtime() is None  # training never runs compiled
-    model.eval()
 
 
 def test_bf16_maps_to_the_openvino_hint(small, monkeypatch):
@@ -77,13 +76,13 @@ def test_bf16_maps_to_the_openvino_hint(small, monkeypatch):
     pytest.importorskip("openvino")
     model, inputs, _ = small
     seen = []
-    monkeypatch.setattr(runtime, "openvino_config",
+    monkeypatch.setattr(numpy_pipeline, "openvino_config",
                         lambda p, t: seen.append(p) or openvino_config(p, t))
-    monkeypatch.setattr(model, "runtime", "openvino")
+    monkeypatch.setattr(model, "dense_runner", DenseRunner("openvino"))
     monkeypatch.setattr(model, "precision", "bf16")
     with torch.no_grad():
         out = model(inputs[1:])
-    engine = model._compiled
+    engine = model.dense_runner.engine
     assert engine.precision == "bf16" and set(seen) == {"bf16"}
     assert out[0]["panoptic_seg"][0].shape == inputs[1]["image"].shape[1:]
     # a weight changed in place (as by an optimizer step) makes the next call rebuild
@@ -103,15 +102,14 @@ def test_missing_runtime_falls_back_to_torch(small, monkeypatch, caplog):
     monkeypatch.setattr(runtime.importlib.util, "find_spec",
                         lambda name: None if name in ("openvino", "onnxruntime") else real(name))
     monkeypatch.setattr(runtime, "_fallback_logged", set())
-    with caplog.at_level(logging.WARNING, logger="panoptic_ext.modeling.runtime"):
+    with caplog.at_level(logging.WARNING, logger="panoptic_ext.deploy.runtime"):
         assert resolve_runtime("openvino", "cpu") == "torch"
     assert "falling back to torch" in caplog.text and "openvino" in caplog.text
     assert resolve_runtime("auto", "cpu") == "torch"
-    monkeypatch.setattr(model, "runtime", "onnxruntime")
-    monkeypatch.setattr(model, "_compiled", None)
+    monkeypatch.setattr(model, "dense_runner", DenseRunner("onnxruntime"))
     with torch.no_grad():
         out = model(inputs)
-    assert model._compiled is None and _agreement(ref, out) == 1.0
+    assert model.dense_runner.engine is None and _agreement(ref, out) == 1.0
     assert resolve_runtime("auto", "cuda") == "torch"
 
 
@@ -120,7 +118,7 @@ def test_bad_runtime_names_the_key():
         check_runtime("tensorrt")
     cfg = synthetic_cfg([*SMALL, "TEST.RUNTIME", "OpenVINO"])
     with pytest.raises(ValueError, match="TEST.RUNTIME.*'OpenVINO'"):
-        build_model(cfg)
+        build_inference_model(cfg)
     with pytest.raises(ValueError, match="CompiledRuntime runs"):
         CompiledRuntime("torch")
 
@@ -148,21 +146,20 @@ def test_auto_checks_each_build_against_torch(small, broken, monkeypatch, caplog
     monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
     monkeypatch.setattr(runtime, "available_runtimes", lambda: ["onnxruntime"])
     model, inputs, ref = small
-    monkeypatch.setattr(model, "runtime", "auto")
-    monkeypatch.setattr(model, "_compiled", None)
+    monkeypatch.setattr(model, "dense_runner", DenseRunner("auto"))
     if broken:  # a graph that computes something else: its first output is off
-        call = runtime._Engine.__call__
+        call = numpy_pipeline.Session.__call__
         engines = {"dense": lambda outs: len(outs) > 3, "mask": lambda outs: len(outs) == 1}
 
         def wrong(self, *arrays):
             outs = call(self, *arrays)
             return [outs[0] + 1.0, *outs[1:]] if engines[broken](outs) else outs
 
-        monkeypatch.setattr(runtime._Engine, "__call__", wrong)
-    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.modeling.runtime"):
+        monkeypatch.setattr(numpy_pipeline.Session, "__call__", wrong)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="panoptic_ext.deploy.runtime"):
         out = model(inputs)
         again = model(inputs)  # same weights: neither rebuilt nor checked again
-    engine = model._compiled
+    engine = model.dense_runner.engine
     assert engine is not None and engine.verify and engine.runtime == "onnxruntime"
     assert sum("compiled in" in r.getMessage() for r in caplog.records) == 1
     if broken:
@@ -184,18 +181,20 @@ def test_auto_refuses_a_model_the_graphs_do_not_cover(monkeypatch, caplog):
     monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV, raising=False)
     monkeypatch.setattr(runtime, "available_runtimes", lambda: ["onnxruntime"])
     torch.manual_seed(0)
-    model = build_model(synthetic_cfg([*SMALL, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool",
-                                       "TEST.RUNTIME", "auto"])).eval()
+    model = build_inference_model(synthetic_cfg([*SMALL, "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+                                                 "ROIPool", "TEST.RUNTIME", "auto"]))
     inputs = [{"image": torch.randint(0, 256, (3, 64, 80)).float()}]
     with torch.no_grad():
-        monkeypatch.setattr(model, "runtime", "torch")
+        auto = model.dense_runner
+        assert isinstance(auto, DenseRunner) and auto.runtime == "auto"
+        monkeypatch.setattr(model, "dense_runner", None)
         ref = model(inputs)
-        monkeypatch.setattr(model, "runtime", "auto")
-        with caplog.at_level(logging.WARNING, logger="panoptic_ext.modeling.runtime"):
+        monkeypatch.setattr(model, "dense_runner", auto)
+        with caplog.at_level(logging.WARNING, logger="panoptic_ext.deploy.runtime"):
             out = model(inputs)
-        assert "export or compile failed" in model._compiled.refused
+        assert "export or compile failed" in auto.engine.refused
         assert "pooler RoIPool is not" in caplog.text and "torch runs" in caplog.text
         assert _agreement(ref, out) == 1.0
-        monkeypatch.setattr(model, "runtime", "onnxruntime")
+        monkeypatch.setattr(model, "dense_runner", DenseRunner("onnxruntime"))
         with pytest.raises(TypeError, match="does not support this model"):
             model(inputs)

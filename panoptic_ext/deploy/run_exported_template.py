@@ -11,8 +11,8 @@ panoptic segments with dataset category ids, area, bbox; things also carry their
 Unreadable images are named and skipped (exit code 1).
 
 torchvision is imported only to register the nms / roi_align operators the traced graph calls.
-Reading and writing are in exported_io.py, next to this file (shared with the ONNX runner).
-Copied from panoptic_ext/apps/run_exported_template.py by tools/export_model.py.
+Reading and writing are in runner_io.py, next to this file (shared with the ONNX runner).
+Copied from panoptic_ext/deploy/run_exported_template.py by tools/export_model.py.
 """
 
 import argparse
@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from exported_io import (  # noqa: E402
+from runner_io import (  # noqa: E402
     preprocess_array,
     read_export_info,
     read_image,

@@ -10,13 +10,13 @@ orientation, shortest edge to the exported MIN_SIZE_TEST, longest at most MAX_SI
 bilinear). The graphs (dense.onnx, box_head.onnx, mask_head.onnx) run in onnxruntime (or
 OpenVINO: --engine, or the default of an export with --format openvino); proposal
 selection, NMS, box decoding, mask pasting and the panoptic merge run in numpy
-(onnx_pipeline.py). Writes OUT/panoptic/<stem>.png (COCO panoptic: id = R + 256 G + 256^2 B), a
+(numpy_pipeline.py). Writes OUT/panoptic/<stem>.png (COCO panoptic: id = R + 256 G + 256^2 B), a
 picture per image and OUT/predictions.json (COCO panoptic segments with the dataset's category
 ids, area, bbox; things also carry their score). Unreadable images are named and skipped
 (exit code 1).
 
-Copied from panoptic_ext/apps/run_onnx_template.py by tools/export_model.py --format onnx, with
-exported_io.py and onnx_pipeline.py next to it.
+Copied from panoptic_ext/deploy/run_onnx_template.py by tools/export_model.py --format onnx, with
+runner_io.py and numpy_pipeline.py next to it.
 """
 
 import argparse
@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from exported_io import read_export_info, run_files  # noqa: E402
-from onnx_pipeline import ENGINES, OnnxPanoptic  # noqa: E402
+from numpy_pipeline import ENGINES, OnnxPanoptic  # noqa: E402
+from runner_io import read_export_info, run_files  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,17 +1,18 @@
-"""The exported ONNX model's inference around its graphs: onnxruntime, numpy only (no torch, no
-Detectron2).
+"""The torch-free half of deployment: the numpy pipeline around the ONNX graphs, and the one
+ONNX Runtime / OpenVINO session both TEST.RUNTIME and the exported runner compile graphs with.
 
-Three graphs (see panoptic_ext.apps.export.export_onnx): ``dense.onnx`` (backbone + FPN,
-semantic head with its final upsampling, RPN head; dynamic height/width), ``box_head.onnx`` and
-``mask_head.onnx`` (ROIAlign per FPN level as ONNX RoiAlign ops, then the head; dynamic box
-counts). Between them this module does, in numpy, what Detectron2 does in torch: anchors,
-box decoding, per-level top-k, NMS (torchvision's greedy algorithm and its batched variants,
-float32 IoU), box-to-level assignment, softmax / score threshold / per-class NMS, mask pasting
-(grid_sample's bilinear weights) and the panoptic merge (Detectron2's heuristic). Every step
-mirrors the eager model's float32 operations, so results agree with it up to rounding.
+Imports neither torch nor the rest of the package (numpy; onnxruntime or openvino when a session
+is opened), so `tools/export_model.py --format onnx` copies it next to the model as it is.
 
-tools/export_model.py --format onnx copies this file next to the model; inside the package it is
-``panoptic_ext.apps.onnx_pipeline`` (the export checks its output against the eager model).
+Three graphs (see `export.export_onnx`): ``dense.onnx`` (backbone + FPN, semantic head with its
+final upsampling, RPN head; dynamic height/width), ``box_head.onnx`` and ``mask_head.onnx``
+(ROIAlign per FPN level as ONNX RoiAlign ops, then the head; dynamic box counts). Between them
+this module does, in numpy, what Detectron2 does in torch: anchors, box decoding, per-level
+top-k, NMS (torchvision's greedy algorithm and its batched variants, float32 IoU),
+box-to-level assignment, softmax / score threshold / per-class NMS, mask pasting (grid_sample's
+bilinear weights) and the panoptic merge (Detectron2's heuristic). Each step mirrors the eager
+model's float32 operations; tests/deploy/test_numpy_pipeline.py pins each against its torch
+reference.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "ENGINES",
     "OnnxPanoptic",
+    "Session",
     "apply_deltas",
     "assign_levels",
     "batched_nms",
     "keep_signal_stack",
     "nms",
+    "openvino_config",
     "panoptic_from_detections",
     "paste_mask_crop",
     "resize_bilinear",
@@ -296,26 +300,57 @@ def keep_signal_stack() -> Iterator[None]:
             libc.sigaltstack(ctypes.byref(old), None)
 
 
-class _OpenVINOSession:
-    """An OpenVINO compiled model with onnxruntime's `run(None, feeds)` interface."""
+ENGINES = ("onnxruntime", "openvino")
 
-    def __init__(self, path: str, threads: int):
-        with keep_signal_stack():
+
+def openvino_config(precision: str, threads: int) -> dict[str, Any]:
+    """OpenVINO CPU compile properties: "bf16" -> the bf16 inference precision hint (used where
+    the CPU has bf16 instructions), else f32 (OpenVINO's CPU default would be bf16 on AMX
+    machines); `threads` (0: OpenVINO's default)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class Session:
+    """One ONNX graph (bytes, or a file: .onnx, or OpenVINO's IR .xml) compiled by `engine`
+    ("onnxruntime" or "openvino") for the CPU: `session(*arrays)` takes the inputs in the
+    graph's order, `session.run(feeds)` by name; both return the outputs as a list.
+
+    The one place either engine is set up, for TEST.RUNTIME and for the exported runner alike.
+    ONNX Runtime's CPU provider computes in fp32 whatever `precision` says."""
+
+    def __init__(self, engine: str, model: str | bytes, precision: str = "fp32", threads: int = 0):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
+        if engine == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if threads > 0:
+                opts.intra_op_num_threads = threads
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+            self.input_names = [i.name for i in self._session.get_inputs()]
+            return
+        with keep_signal_stack():  # the CPU plugin swaps the signal stack (segfaults)
             import openvino as ov
 
             core = ov.Core()
-            config = {"INFERENCE_PRECISION_HINT": "f32"}
-            if threads > 0:
-                config["INFERENCE_NUM_THREADS"] = threads
-            self._compiled = core.compile_model(core.read_model(path), "CPU", config)
-        self._names = [i.get_any_name() for i in self._compiled.inputs]
+            graph = core.read_model(*((model, b"") if isinstance(model, bytes) else (model,)))
+            self._compiled = core.compile_model(graph, "CPU", openvino_config(precision, threads))
+        self.input_names = [i.get_any_name() for i in self._compiled.inputs]
 
-    def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if self.engine == "onnxruntime":
+            return self._session.run(None, dict(zip(self.input_names, arrays, strict=True)))
         with keep_signal_stack():
-            return list(self._compiled([feeds[n] for n in self._names]).to_tuple())
+            return list(self._compiled(list(arrays)).to_tuple())
 
-
-ENGINES = ("onnxruntime", "openvino")
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self(*[feeds[n] for n in self.input_names])
 
 
 class OnnxPanoptic:
@@ -325,7 +360,8 @@ class OnnxPanoptic:
     export's, export_info.json "onnx" -> "engine"); OpenVINO reads the .onnx files as well
     as its own IR (.xml) of --format openvino."""
 
-    def __init__(self, model_dir: str, info: dict, threads: int = 0, engine: str | None = None):
+    def __init__(self, model_dir: str, info: dict, threads: int = 0, engine: str | None = None,
+                 precision: str = "fp32"):
         self.info = info
         self.spec = info["onnx"]
         engine = engine or self.spec.get("engine", "onnxruntime")
@@ -333,25 +369,16 @@ class OnnxPanoptic:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine = engine
         files = dict(self.spec["files"])
-        if engine == "onnxruntime":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            if threads > 0:
-                opts.intra_op_num_threads = threads
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        else:
+        if engine == "openvino":
             files = dict(self.spec.get("openvino_files", files))
 
-        def session(name: str):
+        def session(name: str) -> Session:
             path = os.path.join(model_dir, files[name])
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} is missing: re-export the model "
                                         "(tools/export_model.py --format onnx)")
             try:
-                if engine == "openvino":
-                    return _OpenVINOSession(path, threads)
-                return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+                return Session(engine, path, precision, threads)
             except Exception as e:  # each engine has its own error types
                 raise ValueError(f"{path} cannot be loaded by {engine} ({e}); the file is "
                                  "damaged or incomplete: re-export the model "
@@ -426,7 +453,7 @@ class OnnxPanoptic:
             order.append(idx)
             feeds[f"feat_{name}"] = features[k]
             feeds[f"rois_{name}"] = np.ascontiguousarray(boxes[idx], dtype=F32)
-        outs = session.run(None, feeds)
+        outs = session.run(feeds)
         inverse = np.empty(len(boxes), dtype=np.int64)
         inverse[np.concatenate(order)] = np.arange(len(boxes))
         return [o[inverse] for o in outs]
@@ -469,7 +496,7 @@ class OnnxPanoptic:
 
     def __call__(self, chw: np.ndarray, out_size: tuple[int, int]) -> tuple[np.ndarray, ...]:
         image_size = (int(chw.shape[1]), int(chw.shape[2]))
-        outs = self.dense.run(None, {"image": self.normalize_pad(chw)})
+        outs = self.dense(self.normalize_pad(chw))
         names = self.spec["dense_features"]
         n_feat, n_rpn = len(names), len(self.spec["rpn"]["strides"])
         by_name = dict(zip(names, outs[1:1 + n_feat], strict=True))
