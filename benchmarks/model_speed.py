@@ -182,10 +182,7 @@ class _TimedCombine:
         return self._timer.wrap("combine", self._inner)(*args, **kwargs)
 
     def __getattr__(self, name: str):
-        value = getattr(self._inner, name)
-        if name == "combine_crops":
-            return self._timer.wrap("combine", value)
-        return value
+        return getattr(self._inner, name)
 
 
 @contextlib.contextmanager
@@ -235,8 +232,8 @@ def instrument(model: torch.nn.Module, timer: StageTimer) -> Iterator[None]:
                 "semantic postprocess", model._sem_postprocess)))
             stack.enter_context(_patched(mod, "semantic_argmax", timer.wrap(
                 "semantic postprocess", mod.semantic_argmax)))
-            stack.enter_context(_patched(mod, "paste_for_merge", timer.wrap(
-                "mask paste/postprocess", mod.paste_for_merge)))
+            stack.enter_context(_patched(mod, "paste_for_combine", timer.wrap(
+                "mask paste/postprocess", mod.paste_for_combine)))
             stack.enter_context(_patched(model, "combine", _TimedCombine(model.combine, timer)))
         else:
             mod = d2_panoptic_fpn

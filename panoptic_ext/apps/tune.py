@@ -4,8 +4,8 @@ The merge runs after the network and is cheap, so the network runs once per imag
 threshold setting of the grid is merged and scored on that image's outputs right away; only
 the per-setting PQ statistics are kept (no image outlives its step, so memory does not grow
 with the dataset). The outputs are the model's own post-processing up to the merge
-(``PanopticFPNExt.inference_for_merge``), and each setting is merged by the model's own
-strategy with the setting's thresholds (``PanopticFPNExt.merge``), so the default setting's
+(``PanopticFPNExt.inference_for_combine``), and each setting is merged by the model's own
+strategy with the setting's thresholds (``PanopticFPNExt.run_combine``), so the default setting's
 panoptic result is inference's. PQ comes from ``image_pq_stats`` against the dataset's ground
 truth panoptic PNGs, with category ids converted as ``PanopticEvaluator`` does, so the default
 setting's PQ is the evaluator's.
@@ -36,7 +36,7 @@ from ..evaluation import (
     image_pq_stats,
     summarize_pq,
 )
-from ..modeling import MergeInputs, PanopticFPNExt
+from ..modeling import CombineInputs, PanopticFPNExt
 
 __all__ = [
     "CombineSetting",
@@ -170,23 +170,24 @@ def build_grid(
 
 def _raw_outputs(
     model: PanopticFPNExt, loader: Iterable, mask_score_thresh: float
-) -> Iterator[tuple[Mapping[str, Any], MergeInputs]]:
+) -> Iterator[tuple[Mapping[str, Any], CombineInputs]]:
     """Run the network once per image; yield each input with what the model's merge reads
     (masks pasted for instances scoring at least `mask_score_thresh`)."""
     for inputs in loader:
         with torch.no_grad():
-            merge_inputs = model.inference_for_merge(inputs, mask_score_thresh=mask_score_thresh)
-        yield from zip(inputs, merge_inputs, strict=True)
+            combine_inputs = model.inference_for_combine(inputs,
+                                                       mask_score_thresh=mask_score_thresh)
+        yield from zip(inputs, combine_inputs, strict=True)
 
 
 def search_combine(
-    raw: Iterable[tuple[Mapping[str, Any], MergeInputs]],
+    raw: Iterable[tuple[Mapping[str, Any], CombineInputs]],
     gt: PanopticGroundTruth,
     grid: Sequence[CombineSetting],
     default: CombineSetting,
     model: PanopticFPNExt,
 ) -> tuple[list[SettingResult], int]:
-    """Merge (`model.merge` by its strategy with each setting's thresholds) and score every
+    """Merge (`model.run_combine` by its strategy with each setting's thresholds) and score every
     setting on every image; returns (results best first, images).
 
     Settings that keep the same instances (no score between their thresholds) give the same
@@ -203,7 +204,7 @@ def search_combine(
             kept = int((sorted_scores >= s.score_thresh).sum())
             key = (kept, s.overlap_thresh, s.stuff_area_thresh)
             if key not in cache:
-                pan, segments = model.merge(r, combines[s])
+                pan, segments = model.run_combine(r, combines[s])
                 # STUFF_AREA_LIMIT 0 keeps stuff labels whose pixels all went to things: such
                 # zero-area segments are not in the map, so they are not predictions.
                 segments = gt.to_dataset_categories(

@@ -6,18 +6,18 @@ from .combine import (
     combine_panoptic_crops,
 )
 from .meta_arch import PanopticFPNExt
-from .postprocess import MergeInputs, paste_for_merge, semantic_argmax, semantic_logits
+from .postprocess import CombineInputs, paste_for_combine, semantic_argmax, semantic_logits
 from .semantic_head import SemanticFPNHead, semantic_loss
 
 __all__ = [
     "COMBINE_REGISTRY",
     "HeuristicCombine",
-    "MergeInputs",
+    "CombineInputs",
     "build_combine",
     "combine_panoptic",
     "combine_panoptic_crops",
     "PanopticFPNExt",
-    "paste_for_merge",
+    "paste_for_combine",
     "SemanticFPNHead",
     "semantic_argmax",
     "semantic_logits",

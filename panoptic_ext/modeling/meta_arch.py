@@ -34,10 +34,10 @@ from .inference_opts import (
 )
 from .loss_balancing import build_loss_balancer
 from .postprocess import (
-    MergeInputs,
+    CombineInputs,
     class_argmax,
     intra_op_threads,
-    paste_for_merge,
+    paste_for_combine,
     semantic_argmax,
     semantic_resize,
 )
@@ -240,18 +240,19 @@ class PanopticFPNExt(GeneralizedRCNN):
             return net.detections, net.sem_full
         results = []
         for i, inp in enumerate(batched_inputs):
-            out, merge_inputs = self._postprocess(net, i, inp, wanted, self._mask_score_thresh())
-            if merge_inputs is not None:
-                out["panoptic_seg"] = self.merge(merge_inputs)
+            out, combine_inputs = self._postprocess(net, i, inp, wanted,
+                                                    self._mask_score_thresh())
+            if combine_inputs is not None:
+                out["panoptic_seg"] = self.run_combine(combine_inputs)
             results.append({k: out[k] for k in _OUTPUTS if k in out})
         return results
 
-    def inference_for_merge(
+    def inference_for_combine(
         self, batched_inputs: list[dict[str, Any]], mask_score_thresh: float | None = None
-    ) -> list[MergeInputs]:
-        """Per image, what the panoptic merge reads (instances, semantic labels, mask crops) at
-        the requested output size: `inference`'s own post-processing, stopped before `merge`.
-        So `merge(x, combine)` gives what inference would with that merge strategy.
+    ) -> list[CombineInputs]:
+        """Per image, what the panoptic merge reads (instances, semantic labels) at the
+        requested output size: `inference`'s own post-processing, stopped before the merge.
+        So `run_combine(x, combine)` gives what inference would with that merge strategy.
 
         `mask_score_thresh`: paste masks for instances scoring at least this (default: the
         merge's score threshold); a merge with a lower threshold would miss masks.
@@ -261,16 +262,14 @@ class PanopticFPNExt(GeneralizedRCNN):
         return [self._postprocess(net, i, inp, ("panoptic_seg",), thresh)[1]
                 for i, inp in enumerate(batched_inputs)]
 
-    def merge(
-        self, inputs: MergeInputs, combine: Callable | None = None
+    def run_combine(
+        self, inputs: CombineInputs, combine: Callable | None = None
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """The panoptic (id map, segments_info) of one image's `inference_for_merge` output,
-        by `combine` (default: the model's merge strategy)."""
+        """The panoptic (id map, segments_info) of one image's `inference_for_combine`
+        output, by `combine` (default: the model's merge strategy)."""
         combine = self.combine if combine is None else combine
         with intra_op_threads(self._postprocess_threads()):  # many small ops
-            if inputs.crops is None:
-                return combine(inputs.instances, inputs.sem_labels)
-            return combine.combine_crops(inputs.instances, inputs.crops, inputs.sem_labels)
+            return combine(inputs.instances, inputs.sem_labels)
 
     def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool) -> _NetworkOutputs:
         """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
@@ -322,7 +321,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         inp: dict[str, Any],
         wanted: Sequence[str],
         mask_score_thresh: float,
-    ) -> tuple[dict[str, Any], MergeInputs | None]:
+    ) -> tuple[dict[str, Any], CombineInputs | None]:
         """Image `i`'s requested "instances" / "sem_seg" outputs at its output size, and what
         the merge reads when "panoptic_seg" is requested (else None)."""
         det, image_size = net.detections[i], net.image_sizes[i]
@@ -345,15 +344,14 @@ class PanopticFPNExt(GeneralizedRCNN):
         elif panoptic:
             labels = semantic_argmax(net.sem_small[i], stride, image_size, (height, width),
                                      threads=threads)
-        crops = None
         with intra_op_threads(threads):  # many small ops; results do not depend on it
-            if "instances" in wanted or (panoptic and not self._merge_from_crops()):
+            if "instances" in wanted or (panoptic and not self._paste_for_combine_only()):
                 det_r = detector_postprocess(det, height, width)
                 if "instances" in wanted:
                     out["instances"] = det_r
             elif panoptic:
-                det_r, crops = paste_for_merge(det, height, width, mask_score_thresh)
-        return out, (MergeInputs(det_r, labels, crops) if panoptic else None)
+                det_r = paste_for_combine(det, height, width, mask_score_thresh)
+        return out, (CombineInputs(det_r, labels) if panoptic else None)
 
     # ---- inference helpers -------------------------------------------------------------------
 
@@ -372,11 +370,11 @@ class PanopticFPNExt(GeneralizedRCNN):
         return (self.fast_inference and self.device.type == "cpu"
                 and hasattr(self.sem_seg_head, "layers"))
 
-    def _merge_from_crops(self) -> bool:
-        """Per-mask pasting and the crop merge pay on CPU; an accelerator is faster with
-        Detectron2's full-size, batched pasting and the whole-tensor merge (same result)."""
+    def _paste_for_combine_only(self) -> bool:
+        """Pasting only the masks the merge reads, one by one, pays on CPU; an accelerator is
+        faster with Detectron2's full-size, batched pasting (same result)."""
         return (self.fast_inference and self.device.type == "cpu"
-                and hasattr(self.combine, "combine_crops"))
+                and getattr(self.combine, "reads_mask_crops", False))
 
     def _roi_align_patches(self) -> list[Patch]:
         """The ROI heads' CPU ROIAlign spread over torch's threads (the same numbers); in

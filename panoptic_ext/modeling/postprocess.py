@@ -8,7 +8,7 @@ logit around the pixel reaches the largest smallest one of any class, because bi
 interpolation is a convex combination of those source values. Most pixels keep a single
 candidate; the rest are evaluated for their candidate classes only.
 
-Instances. `paste_for_merge` gives the merge Detectron2's `detector_postprocess` boxes, with
+Instances. `paste_for_combine` gives the merge Detectron2's `detector_postprocess` boxes, with
 masks pasted only where the merge reads them, each as a crop of its box.
 
 `rescale_boxes`, `paste_mask_crop`, `semantic_resize` and `panoptic_from_detections` are
@@ -29,14 +29,15 @@ from detectron2.structures import Boxes, Instances
 
 from .combine.batched import assign_stuff_tensor, resolve_things, thing_ids
 from .combine.cpu import Crop, score_order
+from .combine.segments import SegmentsInfo, segment_info
 
 __all__ = [
     "MASK_THRESHOLD",
-    "MergeInputs",
+    "CombineInputs",
     "class_argmax",
     "intra_op_threads",
     "panoptic_from_detections",
-    "paste_for_merge",
+    "paste_for_combine",
     "paste_mask_crop",
     "rescale_boxes",
     "semantic_argmax",
@@ -55,15 +56,13 @@ _SLACK = 1e-4  # source coordinates this close to an integer may round either wa
 
 
 @dataclass
-class MergeInputs:
+class CombineInputs:
     """What the panoptic merge reads for one image, at the output size: instances as
-    `detector_postprocess` gives them (boxes, scores, classes; full-size `pred_masks` unless
-    `crops` is given), the semantic argmax, and optionally the instances' masks as crops (see
-    `paste_for_merge`; None for instances the merge does not read)."""
+    `detector_postprocess` gives them (boxes, scores, classes; full-size `pred_masks`, or
+    `pred_mask_crops` from `paste_for_combine`) and the semantic argmax."""
 
     instances: Instances
     sem_labels: torch.Tensor  # (H, W) int64
-    crops: list[Crop | None] | None = None
 
 
 # ---- TorchScript-able steps (keep to its subset of Python) -----------------------------------
@@ -178,41 +177,34 @@ def panoptic_from_detections(
 
 def segments_from_tensors(ids: torch.Tensor, cats: torch.Tensor, isthing: torch.Tensor,
                           scores: torch.Tensor, instance_ids: torch.Tensor, areas: torch.Tensor
-                          ) -> list[dict]:
+                          ) -> SegmentsInfo:
     """:func:`panoptic_from_detections`' per-segment tensors as the ``segments_info`` dicts
-    the eager model returns (score and instance id for things, area for stuff)."""
-    out = []
-    for i in range(len(ids)):
-        seg = {"id": int(ids[i]), "isthing": bool(isthing[i]), "category_id": int(cats[i])}
-        if seg["isthing"]:
-            seg.update(score=float(scores[i]), instance_id=int(instance_ids[i]))
-        else:
-            seg["area"] = int(areas[i])
-        out.append(seg)
-    return out
+    the eager model returns."""
+    return [segment_info(int(ids[i]), int(cats[i]), score=float(scores[i]),
+                         instance_id=int(instance_ids[i])) if bool(isthing[i])
+            else segment_info(int(ids[i]), int(cats[i]), area=int(areas[i]))
+            for i in range(len(ids))]
 
 
 # ---- eager post-processing -------------------------------------------------------------------
 
 
-def paste_for_merge(
-    det: Instances, height: int, width: int, score_thresh: float
-) -> tuple[Instances, list[Crop | None]]:
+def paste_for_combine(det: Instances, height: int, width: int, score_thresh: float) -> Instances:
     """`detector_postprocess` for the panoptic merge alone: the same boxes, scores and classes
     (same instance indices), but masks pasted only for instances scoring at least
-    `score_thresh`, each as a crop (y0, x0, bool mask) of its box, as the merge reads them
-    (None for the others). Pixels are those of Detectron2's paste on CPU."""
+    `score_thresh`, each as a crop (y0, x0, bool mask) of its box, in the field
+    `pred_mask_crops` (None for the others). Pixels are those of Detectron2's paste on CPU."""
     boxes, keep = rescale_boxes(det.pred_boxes.tensor, det.image_size, (height, width))
     fields = {k: v for k, v in det.get_fields().items() if k not in ("pred_boxes", "pred_masks")}
     out = Instances((height, width), pred_boxes=Boxes(boxes), **fields)[keep]
     crops: list[Crop | None] = [None] * len(out)
-    if not det.has("pred_masks"):
-        return out, crops
-    masks = det.pred_masks[keep]
-    boxes = out.pred_boxes.tensor
-    for i in (out.scores >= score_thresh).nonzero().flatten().tolist():
-        crops[i] = paste_mask_crop(masks[i : i + 1], boxes[i : i + 1], height, width)
-    return out, crops
+    if det.has("pred_masks"):
+        masks = det.pred_masks[keep]
+        boxes = out.pred_boxes.tensor
+        for i in (out.scores >= score_thresh).nonzero().flatten().tolist():
+            crops[i] = paste_mask_crop(masks[i : i + 1], boxes[i : i + 1], height, width)
+    out.pred_mask_crops = crops
+    return out
 
 
 def semantic_logits(

@@ -66,11 +66,11 @@ def test_tuning_merges_the_models_own_outputs(tiny_root, tiny_opts):
     base = model.combine
     lowest = 0.0
     checked = things = 0
-    for inp, merge_inputs in _raw_outputs(model, loader, lowest):
+    for inp, combine_inputs in _raw_outputs(model, loader, lowest):
         for setting in ({"score_thresh": 0.0, "overlap_thresh": 0.3},
                         {"score_thresh": 0.02, "stuff_area_thresh": 0}):
             combine = base.with_thresholds(**setting)
-            pan, segments = model.merge(merge_inputs, combine)
+            pan, segments = model.run_combine(combine_inputs, combine)
             model.combine = combine
             try:
                 with torch.no_grad():

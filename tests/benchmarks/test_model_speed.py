@@ -60,7 +60,7 @@ def test_stage_timer_counts_nested_stages_once(monkeypatch):
 
 
 def test_side_by_side_on_a_small_input():
-    originals = (ext_meta_arch.paste_for_merge, ext_meta_arch.semantic_argmax,
+    originals = (ext_meta_arch.paste_for_combine, ext_meta_arch.semantic_argmax,
                  d2_panoptic_fpn.combine_semantic_and_instance_outputs,
                  d2_panoptic_fpn.sem_seg_postprocess)
     cfg = setup_cfg(SYNTHETIC, [
@@ -71,7 +71,7 @@ def test_side_by_side_on_a_small_input():
     report = run_benchmark(cfg, num_images=2, size=(64, 96), warmup=1,
                            outputs=("panoptic_seg",), peak_size=(16, 24))
     # the instrumentation is gone again
-    assert originals == (ext_meta_arch.paste_for_merge, ext_meta_arch.semantic_argmax,
+    assert originals == (ext_meta_arch.paste_for_combine, ext_meta_arch.semantic_argmax,
                          d2_panoptic_fpn.combine_semantic_and_instance_outputs,
                          d2_panoptic_fpn.sem_seg_postprocess)
 

@@ -6,8 +6,8 @@ import glob
 import pytest
 
 from benchmarks import onnx_runner_speed
-from tests.helpers.tools import SYNTHETIC_CONFIG
 from tests.deploy.test_runtime import SMALL
+from tests.helpers.tools import SYNTHETIC_CONFIG
 
 
 def test_agreement_over_images(pristine, capsys):

@@ -75,8 +75,8 @@ def test_identical_to_detectron2_random(seed):
 def _batched_merge(scores, classes, masks, sem, overlap, area, score_t):
     """combine_panoptic's steps with the accelerator merge, on CPU tensors."""
     order, kept_scores, kept_classes = sorted_kept(scores, classes, score_t)
-    return batched.merge_masks_batched(order, kept_scores, kept_classes, masks, sem, overlap,
-                                       area)
+    return batched.combine_sorted_masks(order, kept_scores, kept_classes, masks, sem, overlap,
+                                        area)
 
 
 @pytest.mark.parametrize("seed", range(0, 40, 3))

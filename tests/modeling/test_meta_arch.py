@@ -1,5 +1,5 @@
 """PanopticFPNExt on CPU: constructor defaults, loss weighting, a few training steps that learn,
-and the inference dispatch: output format, the panoptic-only path, and `inference_for_merge` +
+and the inference dispatch: output format, the panoptic-only path, and `inference_for_combine` +
 `merge` (what tuning runs) giving inference's panoptic result."""
 
 import inspect
@@ -206,31 +206,32 @@ def test_panoptic_only_equals_full_path(coco_model):
         m.inference(inputs, outputs=("nope",))
 
 
-def test_inference_for_merge_then_merge_is_inference(coco_model):
-    """`inference_for_merge` + `merge` with another strategy object (other score threshold,
+def test_inference_for_combine_then_run_combine_is_inference(coco_model):
+    """`inference_for_combine` + `run_combine` with another strategy object (other score threshold,
     masks pasted down to it) is inference with that strategy: one post-processing path."""
     m = coco_model
     inputs = random_inputs()
     base = m.combine
     with torch.no_grad():
-        merge_inputs = m.inference_for_merge(inputs, mask_score_thresh=0.0)  # every mask
-        scores = torch.cat([x.instances.scores for x in merge_inputs])
+        combine_inputs = m.inference_for_combine(inputs, mask_score_thresh=0.0)  # every mask
+        scores = torch.cat([x.instances.scores for x in combine_inputs])
         high, low = float(scores.quantile(0.75)), float(scores.median())
         try:
             m.combine = base.with_thresholds(score_thresh=high)
-            default_inputs = m.inference_for_merge(inputs)  # masks down to the merge's threshold
+            default_inputs = m.inference_for_combine(inputs)  # masks down to the merge's threshold
             for thresh in (high, low):
                 m.combine = base.with_thresholds(score_thresh=thresh)
                 want = m.inference(inputs, outputs=("panoptic_seg",))
-                for x, w in zip(merge_inputs, want, strict=True):
-                    got = m.merge(x, m.combine)
+                for x, w in zip(combine_inputs, want, strict=True):
+                    got = m.run_combine(x, m.combine)
                     assert torch.equal(got[0], w["panoptic_seg"][0])
                     assert got[1] == w["panoptic_seg"][1]
         finally:
             m.combine = base
-    for x, d, inp in zip(merge_inputs, default_inputs, inputs, strict=True):
+    for x, d, inp in zip(combine_inputs, default_inputs, inputs, strict=True):
         size = (inp.get("height", inp["image"].shape[1]), inp.get("width", inp["image"].shape[2]))
         assert x.sem_labels.shape == size and x.instances.image_size == size
-        assert x.crops is not None and all(c is not None for c in x.crops)  # CPU: crops
-        assert [c is not None for c in d.crops] == (d.instances.scores >= high).tolist()
-        assert 0 < sum(c is not None for c in d.crops) < len(d.crops)
+        crops, default_crops = x.instances.pred_mask_crops, d.instances.pred_mask_crops
+        assert all(c is not None for c in crops)  # CPU: every mask pasted, as a crop
+        assert [c is not None for c in default_crops] == (d.instances.scores >= high).tolist()
+        assert 0 < sum(c is not None for c in default_crops) < len(default_crops)

@@ -14,7 +14,7 @@ from panoptic_ext.modeling.postprocess import (
     _source_index,
     class_argmax,
     panoptic_from_detections,
-    paste_for_merge,
+    paste_for_combine,
     paste_mask_crop,
     rescale_boxes,
     segments_from_tensors,
@@ -145,7 +145,7 @@ def _clone(det):
 
 
 @pytest.mark.parametrize("out_size", [(96, 128), (250, 310), (47, 61)])
-def test_paste_for_merge_is_detector_postprocess(out_size):
+def test_paste_for_combine_is_detector_postprocess(out_size):
     """Same instances (boxes, scores, classes, order) as detector_postprocess, and each crop
     holds exactly that instance's full-size mask, for the instances scoring at least the
     threshold; large boxes (a mask much larger than 28 px) included."""
@@ -154,14 +154,14 @@ def test_paste_for_merge_is_detector_postprocess(out_size):
     ref = detector_postprocess(_clone(det), *out_size)
     boxes, keep = rescale_boxes(det.pred_boxes.tensor, det.image_size, out_size)
     assert torch.equal(boxes[keep], ref.pred_boxes.tensor) and not keep[:2].any()
-    got, crops = paste_for_merge(_clone(det), *out_size, score_thresh=0.4)
+    got = paste_for_combine(_clone(det), *out_size, score_thresh=0.4)
     assert got.image_size == ref.image_size and len(got) == len(ref)
     assert torch.equal(got.pred_boxes.tensor, ref.pred_boxes.tensor)
     assert torch.equal(got.scores, ref.scores)
     assert torch.equal(got.pred_classes, ref.pred_classes)
     assert not got.has("pred_masks")
     pasted = 0
-    for i, crop in enumerate(crops):
+    for i, crop in enumerate(got.pred_mask_crops):
         if float(ref.scores[i]) < 0.4:
             assert crop is None
             continue

@@ -1,23 +1,24 @@
 """Panoptic merge: instance masks and a semantic label map -> one panoptic id map.
 
 `COMBINE_REGISTRY` lets a config pick a strategy via MODEL.PANOPTIC_EXT.COMBINE_NAME; the
-default, `HeuristicCombine`, is the paper's heuristic. Its implementations: `cpu.py` (the crop
-merge inference uses on CPU, in numpy) and `batched.py` (whole-tensor passes for accelerators
-and the export, and `combine_panoptic` on full-size masks, which picks one by device).
+default, `HeuristicCombine`, is the paper's heuristic. It has two implementations, chosen here:
+`cpu.py` (one mask crop at a time, in numpy: the CPU's) and `batched.py` (whole-tensor passes:
+accelerators' and the export's). `segments.py` builds every `segments_info` record.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
-from .batched import combine_panoptic
-from .cpu import Crop, SegmentsInfo, combine_panoptic_crops
+from .batched import combine_sorted_masks
+from .cpu import combine_panoptic_crops, combine_sorted_crops, crops_numpy, sorted_kept
+from .segments import SegmentsInfo
 
 __all__ = [
     "COMBINE_REGISTRY",
@@ -30,9 +31,10 @@ __all__ = [
 COMBINE_REGISTRY = Registry("PANOPTIC_COMBINE")
 COMBINE_REGISTRY.__doc__ = """
 Panoptic merge strategies. A registered class is built as `cls(cfg)` (use @configurable) and
-called as `strategy(instances, sem_labels) -> (panoptic_seg int32 HxW, segments_info)`. One that
-also has `combine_crops(instances, crops, sem_labels)` gets masks as crops on CPU (see
-`HeuristicCombine.combine_crops`), which spares pasting them at full size.
+called as `strategy(instances, sem_labels) -> (panoptic_seg int32 HxW, segments_info)`. One whose
+`reads_mask_crops` is True may get, on CPU, instances whose masks are pasted only where it reads
+them, as crops (field `pred_mask_crops`, see `postprocess.paste_for_combine`), which spares
+pasting them at full size.
 """
 
 
@@ -45,6 +47,8 @@ def _check_fraction(key: str, value: float) -> float:
 @COMBINE_REGISTRY.register()
 class HeuristicCombine:
     """The paper's merge heuristic, with thresholds from MODEL.PANOPTIC_FPN.COMBINE."""
+
+    reads_mask_crops = True  # instances scoring below score_thresh need no mask
 
     @configurable
     def __init__(
@@ -96,6 +100,12 @@ class HeuristicCombine:
     def __call__(
         self, instances: Instances, sem_labels: torch.Tensor
     ) -> tuple[torch.Tensor, SegmentsInfo]:
+        """Full-size `pred_masks`, or `pred_mask_crops` (y0, x0, bool crop; None where not
+        read) for every instance scoring at least `score_thresh`."""
+        if instances.has("pred_mask_crops"):
+            return combine_panoptic_crops(instances.scores, instances.pred_classes,
+                                          instances.pred_mask_crops, sem_labels,
+                                          **self._thresholds())
         if instances.has("pred_masks"):
             masks = instances.pred_masks
         else:
@@ -106,21 +116,54 @@ class HeuristicCombine:
             **self._thresholds()
         )
 
-    def combine_crops(
-        self, instances: Instances, crops: Sequence[Crop | None], sem_labels: torch.Tensor
-    ) -> tuple[torch.Tensor, SegmentsInfo]:
-        """As calling it, with masks given as crops and needed only for instances scoring at
-        least `score_thresh` (see `combine_panoptic_crops`)."""
-        return combine_panoptic_crops(
-            instances.scores, instances.pred_classes, crops, sem_labels, **self._thresholds()
-        )
-
     def _thresholds(self) -> dict:
         return {
             "overlap_thresh": self.overlap_thresh,
             "stuff_area_thresh": self.stuff_area_thresh,
             "score_thresh": self.score_thresh,
         }
+
+
+def combine_panoptic(
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    masks: torch.Tensor,
+    sem_labels: torch.Tensor,
+    *,
+    overlap_thresh: float = 0.5,
+    stuff_area_thresh: float = 4096,
+    score_thresh: float = 0.5,
+    boxes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, SegmentsInfo]:
+    """The Panoptic FPN heuristic merge, on the device of `sem_labels`.
+
+    Instances are taken by decreasing score and stop below `score_thresh`; an instance whose
+    already-taken fraction exceeds `overlap_thresh` is dropped, otherwise it gets its free pixels.
+    Each stuff label (> 0; 0 is the semantic head's "things" class) then gets the free pixels it
+    predicts, unless they are fewer than `stuff_area_thresh`. Output matches Detectron2's
+    `combine_semantic_and_instance_outputs` exactly (segment ids from 1, same segments_info).
+    On CPU each instance step works on the mask's bounding box (`cpu.py`); elsewhere the
+    steps are whole-tensor passes. Stuff is assigned in one pass either way.
+
+    Args:
+        scores: (N,) instance scores. classes: (N,) contiguous thing ids.
+        masks: (N, H, W) masks (bool, or anything where nonzero means inside, as Detectron2).
+        sem_labels: (H, W) integer semantic labels (stuff contiguous ids, 0 = things).
+        boxes: optional (N, 4) XYXY boxes the masks were pasted in; only a speed hint on CPU
+            (a mask reaching outside its box is still handled exactly).
+    """
+    order, kept_scores, kept_classes = sorted_kept(scores, classes, score_thresh)
+    if order:
+        masks = masks.to(device=sem_labels.device)
+        if masks.dtype != torch.bool:
+            masks = masks != 0
+    if sem_labels.device.type != "cpu":
+        return combine_sorted_masks(order, kept_scores, kept_classes, masks, sem_labels,
+                                    overlap_thresh, stuff_area_thresh)
+    hint = None if boxes is None else boxes.detach().float().cpu().numpy()
+    crops = crops_numpy(masks.contiguous().numpy(), order, hint) if order else ()
+    return combine_sorted_crops(order, kept_scores, kept_classes, crops, sem_labels,
+                                overlap_thresh, stuff_area_thresh)
 
 
 def build_combine(cfg) -> Callable[..., tuple[torch.Tensor, SegmentsInfo]]:

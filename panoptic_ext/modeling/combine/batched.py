@@ -1,4 +1,4 @@
-"""The panoptic merge as a few whole-tensor passes, and `combine_panoptic` on full-size masks.
+"""The panoptic merge as a few whole-tensor passes over full-size masks.
 
 On an accelerator, a loop of small per-instance ops is bound by launching them; here each step
 is a few passes over all masks at once, with a handful of host reads per image. The tensor
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .cpu import SegmentsInfo, crops_numpy, merge_crops_cpu, sorted_kept
+from .segments import SegmentsInfo, segment_info
 
-__all__ = ["assign_stuff_tensor", "combine_panoptic", "resolve_things", "thing_ids"]
+__all__ = ["assign_stuff_tensor", "combine_sorted_masks", "resolve_things", "thing_ids"]
 
 
 def resolve_things(masks: torch.Tensor, overlap_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +95,8 @@ def _paste_things_batched(
     next_id = 1
     for j, keep in enumerate(kept.tolist()):
         if keep:
-            segments.append({"id": next_id, "isthing": True, "score": scores[j],
-                             "category_id": classes[j], "instance_id": order[j]})
+            segments.append(segment_info(next_id, classes[j], score=scores[j],
+                                         instance_id=order[j]))
             next_id += 1
     return next_id
 
@@ -111,12 +111,11 @@ def _assign_stuff_batched(
     """`assign_stuff_tensor`, its segments appended to `segments`."""
     panoptic, stuff, areas = assign_stuff_tensor(panoptic, labels, next_id, stuff_area_thresh)
     for j, (label, area) in enumerate(zip(stuff.tolist(), areas.tolist(), strict=True)):
-        segments.append({"id": next_id + j, "isthing": False, "category_id": label,
-                         "area": area})
+        segments.append(segment_info(next_id + j, label, area=area))
     return panoptic
 
 
-def merge_masks_batched(
+def combine_sorted_masks(
     order: list[int],
     scores: list[float],
     classes: list[int],
@@ -133,45 +132,3 @@ def merge_masks_batched(
     panoptic = _assign_stuff_batched(panoptic, sem_labels.long(), next_id, stuff_area_thresh,
                                      segments)
     return panoptic, segments
-
-
-def combine_panoptic(
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    masks: torch.Tensor,
-    sem_labels: torch.Tensor,
-    *,
-    overlap_thresh: float = 0.5,
-    stuff_area_thresh: float = 4096,
-    score_thresh: float = 0.5,
-    boxes: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, SegmentsInfo]:
-    """The Panoptic FPN heuristic merge, on the device of `sem_labels`.
-
-    Instances are taken by decreasing score and stop below `score_thresh`; an instance whose
-    already-taken fraction exceeds `overlap_thresh` is dropped, otherwise it gets its free pixels.
-    Each stuff label (> 0; 0 is the semantic head's "things" class) then gets the free pixels it
-    predicts, unless they are fewer than `stuff_area_thresh`. Output matches Detectron2's
-    `combine_semantic_and_instance_outputs` exactly (segment ids from 1, same segments_info).
-    On CPU each instance step works on the mask's bounding box (`cpu.py`); elsewhere the
-    steps are whole-tensor passes. Stuff is assigned in one pass either way.
-
-    Args:
-        scores: (N,) instance scores. classes: (N,) contiguous thing ids.
-        masks: (N, H, W) masks (bool, or anything where nonzero means inside, as Detectron2).
-        sem_labels: (H, W) integer semantic labels (stuff contiguous ids, 0 = things).
-        boxes: optional (N, 4) XYXY boxes the masks were pasted in; only a speed hint on CPU
-            (a mask reaching outside its box is still handled exactly).
-    """
-    order, kept_scores, kept_classes = sorted_kept(scores, classes, score_thresh)
-    if order:
-        masks = masks.to(device=sem_labels.device)
-        if masks.dtype != torch.bool:
-            masks = masks != 0
-    if sem_labels.device.type != "cpu":
-        return merge_masks_batched(order, kept_scores, kept_classes, masks, sem_labels,
-                                   overlap_thresh, stuff_area_thresh)
-    hint = None if boxes is None else boxes.detach().float().cpu().numpy()
-    crops = crops_numpy(masks.contiguous().numpy(), order, hint) if order else ()
-    return merge_crops_cpu(order, kept_scores, kept_classes, crops, sem_labels, overlap_thresh,
-                           stuff_area_thresh)

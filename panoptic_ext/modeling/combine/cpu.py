@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Crop", "SegmentsInfo", "combine_panoptic_crops", "score_order"]
+from .segments import SegmentsInfo, segment_info
 
-SegmentsInfo = list[dict[str, Any]]
+__all__ = ["Crop", "combine_panoptic_crops", "combine_sorted_crops", "crops_numpy", "score_order",
+           "sorted_kept"]
+
 Crop = tuple[int, int, Any]  # (y0, x0, boolean mask crop); None for an empty mask
 
 
@@ -93,8 +95,7 @@ def paste_things(
         if area == 0 or overlap * 1.0 / area > overlap_thresh:
             continue
         np.putmask(region, m ^ hit if overlap else m, next_id)
-        segments.append({"id": next_id, "isthing": True, "score": scores[k],
-                         "category_id": classes[k], "instance_id": inst})
+        segments.append(segment_info(next_id, classes[k], score=scores[k], instance_id=inst))
         next_id += 1
     return next_id
 
@@ -133,14 +134,14 @@ def assign_stuff(
         if label == 0 or area < stuff_area_thresh:
             continue
         lut[index] = next_id
-        segments.append({"id": next_id, "isthing": False, "category_id": label, "area": area})
+        segments.append(segment_info(next_id, label, area=area))
         next_id += 1
         changed = True
     if changed:
         np.copyto(panoptic, lut[lab], where=free)
 
 
-def merge_crops_cpu(
+def combine_sorted_crops(
     order: list[int],
     scores: list[float],
     classes: list[int],
@@ -180,6 +181,6 @@ def combine_panoptic_crops(
         if crop is not None and isinstance(crop[2], torch.Tensor):
             crop = (crop[0], crop[1], crop[2].cpu().numpy())
         kept.append(crop)
-    panoptic, segments = merge_crops_cpu(order, kept_scores, kept_classes, kept,
+    panoptic, segments = combine_sorted_crops(order, kept_scores, kept_classes, kept,
                                          sem_labels.cpu(), overlap_thresh, stuff_area_thresh)
     return panoptic.to(sem_labels.device), segments
