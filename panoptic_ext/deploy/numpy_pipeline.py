@@ -206,25 +206,23 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def panoptic_from_detections(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    mask_probs: np.ndarray,
+    detections: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     sem_logits: np.ndarray,
-    image_size: tuple[int, int],
-    out_size: tuple[int, int],
-    overlap_thresh: float,
-    stuff_area_thresh: float,
-    score_thresh: float,
+    sizes: tuple[tuple[int, int], tuple[int, int]],
+    combine: dict[str, float],
     mask_threshold: float = 0.5,
 ) -> tuple[np.ndarray, ...]:
-    """Panoptic map and segments of one image from the detections at the network's input size
-    ((N, M, M) mask probabilities) and the padded input's (C, H', W') semantic logits: the
+    """Panoptic map and segments of one image from its `detections` at the network's input size
+    (boxes, scores, classes, (N, M, M) mask probabilities), the padded input's (C, H', W')
+    semantic logits and `sizes` (the input's, the output's), by the
     steps of panoptic_ext.modeling.postprocess.panoptic_from_detections (same outputs).
+    `combine`: the merge thresholds by their MODEL.PANOPTIC_FPN.COMBINE key names, as the export
+    writes them (OVERLAP_THRESH, STUFF_AREA_LIMIT, INSTANCES_CONFIDENCE_THRESH).
 
     Returns (panoptic (H, W) int32, ids, contiguous category ids, isthing, scores (-1 for stuff),
     instance indices (-1 for stuff), areas)."""
-    out_h, out_w = out_size
+    boxes, scores, classes, mask_probs = detections
+    image_size, (out_h, out_w) = sizes
     boxes = boxes.astype(F32).copy()
     boxes[:, 0::2] *= F32(float(out_w) / float(image_size[1]))
     boxes[:, 1::2] *= F32(float(out_h) / float(image_size[0]))
@@ -232,7 +230,7 @@ def panoptic_from_detections(
     keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
     boxes, scores, classes, mask_probs = boxes[keep], scores[keep], classes[keep], mask_probs[keep]
     order = _stable_desc(scores)
-    order = order[scores[order] >= F32(score_thresh)]
+    order = order[scores[order] >= F32(combine["INSTANCES_CONFIDENCE_THRESH"])]
 
     panoptic = np.zeros((out_h, out_w), dtype=np.int32)
     things = []
@@ -243,7 +241,7 @@ def panoptic_from_detections(
             continue
         region = panoptic[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
         taken = region > 0
-        if int((m & taken).sum()) * 1.0 / area > overlap_thresh:
+        if int((m & taken).sum()) * 1.0 / area > combine["OVERLAP_THRESH"]:
             continue
         things.append(i)
         region[m & ~taken] = len(things)
@@ -254,7 +252,7 @@ def panoptic_from_detections(
     counts = np.bincount(labels[free].ravel(), minlength=sem.shape[0])
     present = np.bincount(labels.ravel(), minlength=sem.shape[0]) > 0
     values = np.arange(counts.size)
-    take = present & (values != 0) & (counts.astype(np.float64) >= stuff_area_thresh)
+    take = present & (values != 0) & (counts.astype(np.float64) >= combine["STUFF_AREA_LIMIT"])
     lut = ((np.cumsum(take) + len(things)) * take).astype(np.int32)
     panoptic = np.where(free, lut[labels], panoptic)
     stuff = values[take]
@@ -505,9 +503,7 @@ class OnnxPanoptic:
         deltas = outs[1 + n_feat + n_rpn:]
         proposals = self.proposals(objectness, deltas, image_size)
         boxes, scores, classes = self.detect(features, proposals, image_size)
-        mask_probs = self.masks(features, boxes, classes)
-        c = self.info["combine"]
-        return panoptic_from_detections(
-            boxes, scores, classes, mask_probs, sem[0], image_size,
-            (int(out_size[0]), int(out_size[1])), c["OVERLAP_THRESH"], c["STUFF_AREA_LIMIT"],
-            c["INSTANCES_CONFIDENCE_THRESH"], self.spec["mask_threshold"])
+        detections = (boxes, scores, classes, self.masks(features, boxes, classes))
+        sizes = (image_size, (int(out_size[0]), int(out_size[1])))
+        return panoptic_from_detections(detections, sem[0], sizes, self.info["combine"],
+                                        self.spec["mask_threshold"])

@@ -77,44 +77,6 @@ def assign_stuff_tensor(
     return torch.where(free, lut[lab], panoptic), values[take], counts[:, 1][take]
 
 
-def _paste_things_batched(
-    order: list[int],
-    scores: list[float],
-    classes: list[int],
-    masks: torch.Tensor,
-    panoptic: torch.Tensor,
-    overlap_thresh: float,
-    segments: SegmentsInfo,
-) -> int:
-    """Things of the merge (sorted, thresholded `order` into the full-size `masks`) written into
-    `panoptic`, their segments appended; returns the next free segment id."""
-    if not order:
-        return 1
-    kept, owner = resolve_things(masks[order], overlap_thresh)
-    panoptic.copy_(thing_ids(kept, owner))
-    next_id = 1
-    for j, keep in enumerate(kept.tolist()):
-        if keep:
-            segments.append(segment_info(next_id, classes[j], score=scores[j],
-                                         instance_id=order[j]))
-            next_id += 1
-    return next_id
-
-
-def _assign_stuff_batched(
-    panoptic: torch.Tensor,
-    labels: torch.Tensor,
-    next_id: int,
-    stuff_area_thresh: float,
-    segments: SegmentsInfo,
-) -> torch.Tensor:
-    """`assign_stuff_tensor`, its segments appended to `segments`."""
-    panoptic, stuff, areas = assign_stuff_tensor(panoptic, labels, next_id, stuff_area_thresh)
-    for j, (label, area) in enumerate(zip(stuff.tolist(), areas.tolist(), strict=True)):
-        segments.append(segment_info(next_id + j, label, area=area))
-    return panoptic
-
-
 def combine_sorted_masks(
     order: list[int],
     scores: list[float],
@@ -124,11 +86,21 @@ def combine_sorted_masks(
     overlap_thresh: float,
     stuff_area_thresh: float,
 ) -> tuple[torch.Tensor, SegmentsInfo]:
-    """Both merge steps as whole-tensor passes, on the device of `sem_labels`."""
+    """Both merge steps as whole-tensor passes, on the device of `sem_labels`: the things of
+    `order` (sorted, thresholded indices into the full-size `masks`, with their `scores` and
+    `classes`), then stuff."""
     panoptic = torch.zeros_like(sem_labels, dtype=torch.int32)
-    segments: SegmentsInfo = []
-    next_id = _paste_things_batched(order, scores, classes, masks, panoptic, overlap_thresh,
-                                    segments)
-    panoptic = _assign_stuff_batched(panoptic, sem_labels.long(), next_id, stuff_area_thresh,
-                                     segments)
+    kept_rows: list[int] = []
+    if order:
+        kept, owner = resolve_things(masks[order], overlap_thresh)
+        panoptic = thing_ids(kept, owner)
+        kept_rows = [j for j, keep in enumerate(kept.tolist()) if keep]
+    segments = [segment_info(k + 1, classes[j], score=scores[j], instance_id=order[j])
+                for k, j in enumerate(kept_rows)]
+    first_stuff = len(segments) + 1
+    panoptic, stuff, areas = assign_stuff_tensor(panoptic, sem_labels.long(), first_stuff,
+                                                 stuff_area_thresh)
+    stuff_areas = zip(stuff.tolist(), areas.tolist(), strict=True)
+    segments += [segment_info(first_stuff + k, label, area=area)
+                 for k, (label, area) in enumerate(stuff_areas)]
     return panoptic, segments
