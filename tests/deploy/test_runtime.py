@@ -198,3 +198,23 @@ def test_auto_refuses_a_model_the_graphs_do_not_cover(monkeypatch, caplog):
         monkeypatch.setattr(model, "dense_runner", DenseRunner("onnxruntime"))
         with pytest.raises(TypeError, match="does not support this model"):
             model(inputs)
+
+
+def test_attach_runtime_gives_the_model_its_runner():
+    """TEST.RUNTIME is attached from outside the model: torch leaves none, the others a runner;
+    Detectron2's own model (no dense_runner slot) is left alone; a bad value names the key."""
+    from detectron2.config import CfgNode
+
+    from panoptic_ext.deploy.runtime import attach_runtime
+
+    model = build_model(synthetic_cfg(SMALL))
+    assert model.dense_runner is None  # plain build_model: torch runs the dense parts
+    for value, want in (("torch", None), ("auto", "auto"), ("onnxruntime", "onnxruntime")):
+        cfg = CfgNode({"TEST": CfgNode({"RUNTIME": value})})
+        assert attach_runtime(model, cfg) is model
+        assert getattr(model.dense_runner, "runtime", None) == want
+    plain = torch.nn.Module()
+    attach_runtime(plain, CfgNode({"TEST": CfgNode({"RUNTIME": "auto"})}))
+    assert not hasattr(plain, "dense_runner")
+    with pytest.raises(ValueError, match="TEST.RUNTIME must be one of"):
+        attach_runtime(model, CfgNode({"TEST": CfgNode({"RUNTIME": "trt"})}))
