@@ -40,16 +40,12 @@ __all__ = [
     "paste_mask_crop",
     "rescale_boxes",
     "semantic_argmax",
-    "semantic_argmax_stats",
     "semantic_logits",
     "semantic_resize",
     "segments_from_tensors",
 ]
 
 MASK_THRESHOLD = 0.5  # detector_postprocess's default, which Detectron2's PanopticFPN uses
-
-# Counters for tests and the benchmark: how often the exact fallback ran.
-semantic_argmax_stats = {"calls": 0, "fallbacks": 0}
 
 _SLACK = 1e-4  # source coordinates this close to an integer may round either way
 
@@ -346,11 +342,9 @@ def semantic_argmax(
     `threads`: intra-op threads for steps 1-2 (0: unchanged); the full computation always
     runs with the caller's setting, as Detectron2's does.
     """
-    semantic_argmax_stats["calls"] += 1
     with intra_op_threads(threads):
         labels = _pruned_argmax(logits, scale, image_size, out_size)
     if labels is None:
-        semantic_argmax_stats["fallbacks"] += 1
         if full is None:
             full = semantic_logits(logits.float(), scale, image_size, out_size)
         labels = class_argmax(full)
