@@ -88,15 +88,19 @@ def pruned_results(monkeypatch):
     return results
 
 
-def test_semantic_argmax_ties_and_full_logits(pruned_results):
+def test_semantic_argmax_ties_and_full_logits(monkeypatch, pruned_results):
+    import panoptic_ext.modeling.postprocess as pp
+
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 20, 30, generator=gen)
     logits[4] = logits[2]  # exact ties everywhere class 2 / 4 compete: lowest index wins
-    for out_size in ((80, 120), (61, 97)):
-        got = semantic_argmax(logits, 4, (80, 120), out_size)
-        assert torch.equal(got, _detectron2_labels(logits, (80, 120), out_size))
+    for ambiguous in (pp._MAX_AMBIGUOUS, 1.0):  # 1.0: step 2 must find the ties itself
+        monkeypatch.setattr(pp, "_MAX_AMBIGUOUS", ambiguous)
+        for out_size in ((80, 120), (61, 97)):
+            got = semantic_argmax(logits, 4, (80, 120), out_size)
+            assert torch.equal(got, _detectron2_labels(logits, (80, 120), out_size))
     # ties go through the exact route
-    assert len(pruned_results) == 2 and any(r is None for r in pruned_results)
+    assert len(pruned_results) == 4 and all(r is None for r in pruned_results)
     # full logits without the redundant same-size resize: identical values
     up = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     assert torch.equal(semantic_logits(logits, 4, (77, 118), (77, 118)),
