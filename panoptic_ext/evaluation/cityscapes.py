@@ -101,6 +101,7 @@ class _CityscapesEvaluator(DatasetEvaluator):
     _pred_suffix = ""  # prediction files: work/<image id><suffix>
     _metric = ""  # what the logs call the result
     _result_key = ""  # results under "cityscapes_<key>"
+    _output = ""  # the model output that predictions are written from
 
     def __init__(self, dataset_name: str, output_dir: str | None = None) -> None:
         self._dataset_name = dataset_name
@@ -149,6 +150,17 @@ class _CityscapesEvaluator(DatasetEvaluator):
                            f"got no prediction; Cityscapes {self._kind} metrics cover the "
                            f"{len(pairs)} evaluated images.")
         return [p for p, _ in pairs], [g for _, g in pairs]
+
+    def _outputs(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]
+                 ) -> Iterator[tuple[str, Any]]:
+        """(Cityscapes image id, the model's ``_output``) of each image; a model that does not
+        return that output is misconfigured, so this says which setting keeps it."""
+        for inp, out in zip(inputs, outputs, strict=True):
+            if self._output not in out:
+                raise KeyError(
+                    f"Cityscapes {self._metric} needs the model's '{self._output}' output; keep "
+                    "it in MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS")
+            yield cityscapes_image_id(inp["file_name"]), out[self._output]
 
     def _finish(self) -> None:
         """Remove the prediction files (main process, after scoring)."""
@@ -247,15 +259,11 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
     _pred_suffix = "_pred.txt"
     _metric = "instance AP"
     _result_key = "instance_seg"
+    _output = "instances"
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]) -> None:
-        for inp, out in zip(inputs, outputs, strict=True):
-            if "instances" not in out:
-                raise KeyError(
-                    "Cityscapes instance AP needs the model's 'instances' output; keep it in "
-                    "MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS")
-            image_id = cityscapes_image_id(inp["file_name"])
-            inst = out["instances"].to("cpu")
+        for image_id, instances in self._outputs(inputs, outputs):
+            inst = instances.to("cpu")
             classes = inst.pred_classes.tolist()
             scores = inst.scores.tolist()
             masks = inst.pred_masks.numpy() if len(inst) else []
@@ -307,6 +315,7 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
     _pred_suffix = "_pred.png"
     _metric = "mIoU"
     _result_key = "sem_seg"
+    _output = "panoptic_seg"
 
     def _label_map(self, panoptic_seg: Any, image_id: str) -> np.ndarray:
         panoptic, segments = panoptic_seg
@@ -330,13 +339,8 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         return lut[np.clip(ids, 0, lut.size - 1)]
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping]) -> None:
-        for inp, out in zip(inputs, outputs, strict=True):
-            if "panoptic_seg" not in out:
-                raise KeyError(
-                    "Cityscapes mIoU needs the model's 'panoptic_seg' output; keep it in "
-                    "MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS")
-            image_id = cityscapes_image_id(inp["file_name"])
-            label = self._label_map(out["panoptic_seg"], image_id)
+        for image_id, panoptic_seg in self._outputs(inputs, outputs):
+            label = self._label_map(panoptic_seg, image_id)
             Image.fromarray(label).save(os.path.join(self._work, f"{image_id}_pred.png"))
 
     def _score(self, cs: Any, args: Any, preds: list[str], gts: list[str]) -> dict[str, float]:

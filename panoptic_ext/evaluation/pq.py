@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -356,48 +357,113 @@ def _image_pq_stats(
     categories: Any,
     image_id: Any,
 ) -> PQStats:
+    """``image_pq_stats`` on id maps already known to be valid (the file path decodes them)."""
+    _check_same_size(gt_ids, pred_ids, image_id)
+    gt_segms = _segments_by_id(gt_segments, image_id, "ground truth")
+    pred_segms = _segments_by_id(pred_segments, image_id, "predicted")
+    table = _count_pairs(gt_ids, list(gt_segms), pred_ids, list(pred_segms))
+    if table.unlisted_pred or (table.pred_area == 0).any():
+        _raise_pred_errors(pred_ids, pred_segms, categories, image_id)
+        raise AssertionError("unreachable: inconsistent prediction not reported")
+    segs = _listed_segments(gt_segms, pred_segms, pred_ids, categories, image_id)
+    stats = PQStats()
+    _note_bad_areas(stats, table, segs, image_id)
+    gt_matched, pred_matched = _add_true_positives(stats, table, segs, image_id)
+    crowd_row = _add_false_negatives(stats, table, segs, gt_matched)
+    _add_false_positives(stats, table, segs, pred_matched, crowd_row)
+    return stats
+
+
+def _check_same_size(gt_ids: np.ndarray, pred_ids: np.ndarray, image_id: Any) -> None:
     if gt_ids.shape != pred_ids.shape:
         raise PanopticFormatError(
             f"In the image with ID {image_id} the predicted segmentation has size "
             f"{pred_ids.shape[1]}x{pred_ids.shape[0]} (WxH) but the ground truth has size "
             f"{gt_ids.shape[1]}x{gt_ids.shape[0]}."
         )
-    gt_segms = _segments_by_id(gt_segments, image_id, "ground truth")
-    pred_segms = _segments_by_id(pred_segments, image_id, "predicted")
-    gt_list = list(gt_segms)
-    pred_list = list(pred_segms)
 
-    n_rows = len(gt_list) + 2  # 0: unlisted ids, 1: id 0 (void), 2..: listed ids
-    n_cols = len(pred_list) + 2
+
+@dataclass
+class _Table:
+    """One image's contingency table: the pixels of every overlapping (GT bucket, predicted
+    bucket) pair, with the per-segment sums the matching reads.
+
+    Buckets (rows for GT, columns for predictions): 0 collects unlisted ids, 1 is id 0, 2..
+    are the listed segments in order, except that a listed id 0 owns bucket 1. ``gt_row`` /
+    ``pred_col``: the bucket of each listed segment; ``row_pos`` / ``col_pos``: the listed
+    segment of each bucket (its position, -1 for none).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    gt_row: np.ndarray
+    pred_col: np.ndarray
+    row_pos: np.ndarray
+    col_pos: np.ndarray
+    unlisted_pred: int  # predicted pixels whose id is not listed (nor 0)
+    pred_area: np.ndarray  # pixels of each listed prediction
+    pred_void: np.ndarray  # ... of them on GT id 0
+
+
+def _count_pairs(gt_ids: np.ndarray, gt_list: list, pred_ids: np.ndarray, pred_list: list
+                 ) -> _Table:
+    """Count the pixels of every (GT, prediction) pair with one bincount (see _pair_counts)."""
     gt_keys, gt_buckets = _bucket_keys(gt_list)
     pred_keys, pred_buckets = _bucket_keys(pred_list)
+    n_rows = len(gt_list) + 2
+    n_cols = len(pred_list) + 2
     rows, cols, counts = _pair_counts(
         gt_ids, gt_keys, gt_buckets, n_rows, pred_ids, pred_keys, pred_buckets, n_cols
     )
-
-    # the column (row) of every listed segment; a listed id 0 owns the void bucket
-    pred_col = np.asarray([1 if s == 0 else k + 2 for k, s in enumerate(pred_list)], np.int64)
-    gt_row = np.asarray([1 if s == 0 else k + 2 for k, s in enumerate(gt_list)], np.int64)
-
+    gt_row, row_pos = _listed_buckets(gt_list, n_rows)
+    pred_col, col_pos = _listed_buckets(pred_list, n_cols)
     col_area = np.bincount(cols, weights=counts, minlength=n_cols).astype(np.int64)
-    pred_area = col_area[pred_col]
-    if col_area[0] > 0 or (pred_area == 0).any():
-        _raise_pred_errors(pred_ids, pred_segms, categories, image_id)
-        raise AssertionError("unreachable: inconsistent prediction not reported")
+    void_col = np.zeros(n_cols, dtype=np.int64)
+    on_void = rows == 1
+    void_col[cols[on_void]] = counts[on_void]
+    return _Table(rows, cols, counts, gt_row, pred_col, row_pos, col_pos,
+                  unlisted_pred=int(col_area[0]), pred_area=col_area[pred_col],
+                  pred_void=void_col[pred_col])
 
-    # category codes: equal ids (by Python ==/hash, as panopticapi's dict lookups) share one
+
+def _listed_buckets(seg_ids: Sequence[int], n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bucket of each listed segment, and the position of each bucket's listed segment."""
+    bucket = np.asarray([1 if s == 0 else k + 2 for k, s in enumerate(seg_ids)], np.int64)
+    pos = np.full(n_buckets, -1, dtype=np.int64)
+    pos[bucket] = np.arange(len(seg_ids))
+    return bucket, pos
+
+
+@dataclass
+class _Segments:
+    """The listed segments of one image, in order, their categories as small codes (equal
+    ids, by Python ==/hash as in panopticapi's dict lookups, share one), and the GT's crowd
+    flags and JSON areas (NaN where missing)."""
+
+    gt_list: list
+    pred_list: list
+    gt_cat: list[int]
+    pred_cat: list[int]
+    gt_crowd: list[bool]
+    gt_area: list
+    cat_of_code: dict
+
+
+def _listed_segments(gt_segms: dict, pred_segms: dict, pred_ids: np.ndarray, categories: Any,
+                     image_id: Any) -> _Segments:
+    """Read the fields the matching needs, reporting bad ones as panopticapi would."""
     codes: dict = {}
     pred_cat = []
-    for sid in pred_list:
-        cat = _field(pred_segms[sid], "category_id", image_id, sid, "predicted")
+    for sid, seg in pred_segms.items():
+        cat = _field(seg, "category_id", image_id, sid, "predicted")
         if _unknown_category(cat, categories):
             _raise_pred_errors(pred_ids, pred_segms, categories, image_id)
         pred_cat.append(codes.setdefault(cat, len(codes)))
     gt_cat = []
     gt_crowd = []
     gt_area = []
-    for sid in gt_list:
-        seg = gt_segms[sid]
+    for sid, seg in gt_segms.items():
         cat = _field(seg, "category_id", image_id, sid, "ground truth")
         try:
             gt_cat.append(codes.setdefault(cat, len(codes)))
@@ -410,94 +476,109 @@ def _image_pq_stats(
         area = seg.get("area") if isinstance(seg, Mapping) else None
         gt_area.append(math.nan if area is None else area)
     cat_of_code = {code: cat for cat, code in codes.items()}
-    stats = PQStats()
-    if gt_list:  # cheap: the contingency table already holds every GT segment's pixels
-        row_area = np.bincount(rows, weights=counts, minlength=n_rows).astype(np.int64)
-        for k, sid in enumerate(gt_list):
-            area = gt_area[k]
-            pixels = int(row_area[gt_row[k]])
-            if area == area and area != pixels:  # NaN (no area) is reported where used
-                stats.note_bad_area(image_id, sid, area, pixels)
-    pred_cat_a = np.asarray(pred_cat, dtype=np.int64)
-    gt_cat_a = np.asarray(gt_cat, dtype=np.int64)
-    gt_crowd_a = np.asarray(gt_crowd, dtype=bool)
+    return _Segments(list(gt_segms), list(pred_segms), gt_cat, pred_cat, gt_crowd, gt_area,
+                     cat_of_code)
 
-    # void intersection of every predicted segment (pixels with gt id 0)
-    void_col = np.zeros(n_cols, dtype=np.int64)
-    sel = rows == 1
-    void_col[cols[sel]] = counts[sel]
-    pred_void = void_col[pred_col]
 
-    n_pred = len(pred_list)
-    # position in pred_list of each column, and in gt_list of each row
-    col_pos = np.full(n_cols, -1, dtype=np.int64)
-    col_pos[pred_col] = np.arange(n_pred)
-    row_pos = np.full(n_rows, -1, dtype=np.int64)
-    row_pos[gt_row] = np.arange(len(gt_list))
+def _note_bad_areas(stats: PQStats, table: _Table, segs: _Segments, image_id: Any) -> None:
+    """Note the GT segments whose JSON area is not their pixel count (the table has both)."""
+    if not segs.gt_list:
+        return
+    row_area = np.bincount(table.rows, weights=table.counts,
+                           minlength=len(table.row_pos)).astype(np.int64)
+    for k, sid in enumerate(segs.gt_list):
+        area = segs.gt_area[k]
+        pixels = int(row_area[table.gt_row[k]])
+        if area == area and area != pixels:  # NaN (no area) is reported where used
+            stats.note_bad_area(image_id, sid, area, pixels)
 
-    # candidate pairs: listed gt (not crowd) x listed pred, same category, overlapping
-    pi = col_pos[cols]
-    gi = row_pos[rows]
+
+def _candidate_pairs(table: _Table, segs: _Segments
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(GT position, prediction position, intersection) of every overlapping pair of a listed
+    non-crowd GT segment and a listed prediction of the same category."""
+    pi = table.col_pos[table.cols]
+    gi = table.row_pos[table.rows]
     cand = (pi >= 0) & (gi >= 0)
-    pi, gi, inter = pi[cand], gi[cand], counts[cand]
-    keep = ~gt_crowd_a[gi] & (gt_cat_a[gi] == pred_cat_a[pi])
-    pi, gi, inter = pi[keep], gi[keep], inter[keep]
-    gt_matched = np.zeros(len(gt_list), dtype=bool)
-    pred_matched = np.zeros(n_pred, dtype=bool)
-    if inter.size:
-        area_g = np.asarray(gt_area, dtype=np.float64)[gi] if gt_area else np.zeros(0)
-        if np.isnan(area_g).any():
-            bad = gt_list[int(gi[np.isnan(area_g)][0])]
-            raise PanopticFormatError(
-                f"In the image with ID {image_id} ground truth segment with ID {bad} has no "
-                "'area'."
-            )
-        union = (pred_area[pi] + area_g) - inter - pred_void[pi]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = inter / union
-        match = iou > 0.5
-        if match.any():
-            gi_m, pi_m, iou_m = gi[match], pi[match], iou[match]
-            # the reference visits pairs in (gt id, pred id) order; keep its summation order
-            order = sorted(
-                range(len(iou_m)),
-                key=lambda k: (gt_list[int(gi_m[k])], pred_list[int(pi_m[k])]),
-            )
-            for k in order:
-                g = int(gi_m[k])
-                stats.add(cat_of_code[int(gt_cat_a[g])], tp=1, iou=float(iou_m[k]))
-            gt_matched[gi_m] = True
-            pred_matched[pi_m] = True
+    pi, gi, inter = pi[cand], gi[cand], table.counts[cand]
+    gt_cat = np.asarray(segs.gt_cat, dtype=np.int64)
+    pred_cat = np.asarray(segs.pred_cat, dtype=np.int64)
+    keep = ~np.asarray(segs.gt_crowd, dtype=bool)[gi] & (gt_cat[gi] == pred_cat[pi])
+    return gi[keep], pi[keep], inter[keep]
 
-    # false negatives; the last unmatched crowd segment of a category is its crowd region
+
+def _pair_iou(table: _Table, segs: _Segments, gi: np.ndarray, pi: np.ndarray,
+              inter: np.ndarray, image_id: Any) -> np.ndarray:
+    """panopticapi's IoU: the GT's JSON area, and a union without the prediction's void."""
+    area_g = np.asarray(segs.gt_area, dtype=np.float64)[gi]
+    if np.isnan(area_g).any():
+        bad = segs.gt_list[int(gi[np.isnan(area_g)][0])]
+        raise PanopticFormatError(
+            f"In the image with ID {image_id} ground truth segment with ID {bad} has no 'area'."
+        )
+    union = (table.pred_area[pi] + area_g) - inter - table.pred_void[pi]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union
+
+
+def _add_true_positives(stats: PQStats, table: _Table, segs: _Segments, image_id: Any
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Add every pair with IoU > 0.5; returns which GT and which predictions matched."""
+    gt_matched = np.zeros(len(segs.gt_list), dtype=bool)
+    pred_matched = np.zeros(len(segs.pred_list), dtype=bool)
+    gi, pi, inter = _candidate_pairs(table, segs)
+    if not inter.size:
+        return gt_matched, pred_matched
+    iou = _pair_iou(table, segs, gi, pi, inter, image_id)
+    match = iou > 0.5
+    gi_m, pi_m, iou_m = gi[match], pi[match], iou[match]
+    # the reference visits pairs in (gt id, pred id) order; keep its summation order
+    order = sorted(
+        range(len(iou_m)),
+        key=lambda k: (segs.gt_list[int(gi_m[k])], segs.pred_list[int(pi_m[k])]),
+    )
+    for k in order:
+        stats.add(segs.cat_of_code[segs.gt_cat[int(gi_m[k])]], tp=1, iou=float(iou_m[k]))
+    gt_matched[gi_m] = True
+    pred_matched[pi_m] = True
+    return gt_matched, pred_matched
+
+
+def _add_false_negatives(stats: PQStats, table: _Table, segs: _Segments,
+                         gt_matched: np.ndarray) -> dict:
+    """Add the unmatched GT segments, except crowd ones; returns each category's crowd
+    region (its last unmatched crowd segment's row), where its predictions may be ignored."""
     crowd_row: dict = {}
-    for k in range(len(gt_list)):
+    for k in range(len(segs.gt_list)):
         if gt_matched[k]:
             continue
-        if gt_crowd[k]:
-            crowd_row[gt_cat[k]] = int(gt_row[k])
+        if segs.gt_crowd[k]:
+            crowd_row[segs.gt_cat[k]] = int(table.gt_row[k])
             continue
-        stats.add(cat_of_code[gt_cat[k]], fn=1)
+        stats.add(segs.cat_of_code[segs.gt_cat[k]], fn=1)
+    return crowd_row
 
-    # false positives, unless mostly on void or on the same category's crowd region
-    ignored = pred_void.astype(np.float64)
+
+def _add_false_positives(stats: PQStats, table: _Table, segs: _Segments,
+                         pred_matched: np.ndarray, crowd_row: dict) -> None:
+    """Add the unmatched predictions, unless mostly on void or on their category's crowd."""
+    ignored = table.pred_void.astype(np.float64)
     if crowd_row:
-        crowd_sel = np.zeros(n_rows, dtype=bool)
+        crowd_sel = np.zeros(len(table.row_pos), dtype=bool)
         crowd_sel[list(crowd_row.values())] = True
-        sel = crowd_sel[rows] & (col_pos[cols] >= 0)
+        sel = crowd_sel[table.rows] & (table.col_pos[table.cols] >= 0)
         crowd_inter = {
             (r, c): n
-            for r, c, n in zip(rows[sel].tolist(), cols[sel].tolist(), counts[sel].tolist(),
-                               strict=True)
+            for r, c, n in zip(table.rows[sel].tolist(), table.cols[sel].tolist(),
+                               table.counts[sel].tolist(), strict=True)
         }
-        for j in range(n_pred):
-            r = crowd_row.get(pred_cat[j])
+        for j, cat in enumerate(segs.pred_cat):
+            r = crowd_row.get(cat)
             if r is not None:
-                ignored[j] = pred_void[j] + crowd_inter.get((r, int(pred_col[j])), 0)
-    frac = ignored / pred_area
+                ignored[j] = table.pred_void[j] + crowd_inter.get((r, int(table.pred_col[j])), 0)
+    frac = ignored / table.pred_area
     for j in np.flatnonzero(~pred_matched & ~(frac > 0.5)).tolist():
-        stats.add(cat_of_code[pred_cat[j]], fp=1)
-    return stats
+        stats.add(segs.cat_of_code[segs.pred_cat[j]], fp=1)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,16 +41,12 @@ __all__ = [
     "paste_mask_crop",
     "rescale_boxes",
     "semantic_argmax",
-    "semantic_argmax_stats",
     "semantic_logits",
     "semantic_resize",
     "segments_from_tensors",
 ]
 
 MASK_THRESHOLD = 0.5  # detector_postprocess's default, which Detectron2's PanopticFPN uses
-
-# Counters for tests and the benchmark: how often the exact fallback ran.
-semantic_argmax_stats = {"calls": 0, "fallbacks": 0}
 
 _SLACK = 1e-4  # source coordinates this close to an integer may round either way
 
@@ -338,11 +334,9 @@ def semantic_argmax(
     `threads`: intra-op threads for steps 1-2 (0: unchanged); the full computation always
     runs with the caller's setting, as Detectron2's does.
     """
-    semantic_argmax_stats["calls"] += 1
     with intra_op_threads(threads):
         labels = _pruned_argmax(logits, scale, image_size, out_size)
     if labels is None:
-        semantic_argmax_stats["fallbacks"] += 1
         if full is None:
             full = semantic_logits(logits.float(), scale, image_size, out_size)
         labels = class_argmax(full)
@@ -362,89 +356,156 @@ def _pruned_argmax(
     amax = torch.maximum(top2[0].abs().amax(), x.amin().abs())
     if not bool(torch.isfinite(amax)):
         return None
-
-    dev = x.device
     rows = _Axis(out_h, int(image_size[0]), h, scale)
     cols = _Axis(out_w, int(image_size[1]), w, scale)
-    kh, kw = rows.k, cols.k
     # far above the float32 rounding of a (two-stage) bilinear blend
     margin = amax * 2.0**-20
-    best = top_cls[0]
-    single = (_window(best, kh, kw, torch.maximum) == _window(best, kh, kw, torch.minimum)) & (
-        _window(top2[0], kh, kw, torch.minimum) >= _window(top2[1], kh, kw, torch.maximum) + margin
-    )
-    labels = best.index_select(0, torch.from_numpy(rows.lo).to(dev))
-    labels = labels.index_select(1, torch.from_numpy(cols.lo).to(dev))
+    labels, single = _single_class_cells(top2, top_cls, rows, cols, margin)
     cell_y, cell_x = (~single).nonzero(as_tuple=True)
     if cell_y.numel() == 0:
         return labels
     if cell_y.numel() > _MAX_AMBIGUOUS * h * w:
         return None  # classes compete almost everywhere: the full computation is cheaper
-
     # float32 blends of values bounded by `mag` err by at most ~1.5 ulps of `mag` per resize;
     # a gap within twice the total may go either way
     one_stage = (out_h, out_w) == (int(image_size[0]), int(image_size[1]))
     tol = 2.0**-21 if one_stage else 2.0**-20
-    (r_first, r_count, r_pos, r_valid, r_wts), (c_first, c_count, c_pos, c_valid, c_wts) = (
-        [torch.from_numpy(v).to(dev) for v in (a.first, a.count, a.pos, a.valid, a.weights)]
-        for a in (rows, cols)
-    )
-    dy = torch.arange(kh, device=dev)
-    dx = torch.arange(kw, device=dev)
-    block = rows.size * cols.size
-    step = max(1, _CHUNK_ELEMS // (c * max(kh * kw, block)))
+    row_g, col_g = _Groups.of(rows, x.device), _Groups.of(cols, x.device)
+    step = max(1, _CHUNK_ELEMS // (c * max(rows.k * cols.k, rows.size * cols.size)))
     for s in range(0, cell_y.numel(), step):
         cy, cx = cell_y[s : s + step], cell_x[s : s + step]
-        n = cy.numel()
-        ys = (cy[:, None] + dy).clamp_(max=h - 1)  # positions past the border weigh 0
-        xs = (cx[:, None] + dx).clamp_(max=w - 1)
-        patch = x[:, ys[:, :, None], xs[:, None, :]]  # (C, n, kh, kw)
-        hi = patch.amax(dim=(2, 3))
-        lo = patch.amin(dim=(2, 3))
-        cand = hi >= lo.amax(dim=0) - margin  # (C, n)
-        count = cand.sum(dim=0)
-        kmax = int(count.max())
-        # (cell, class) pairs, cell-major, classes ascending within a cell
-        pair_cell, pair_cls = cand.t().nonzero(as_tuple=True)
-        pair_start = count.cumsum(0) - count
-        rank = torch.arange(pair_cell.numel(), device=dev) - pair_start[pair_cell]
-        classes = torch.zeros((n, kmax), dtype=torch.int64, device=dev)
-        classes[pair_cell, rank] = pair_cls
-        mag = torch.zeros(n, dtype=torch.float64, device=dev).scatter_reduce_(
-            0, pair_cell, torch.maximum(hi, -lo)[pair_cls, pair_cell].double(), "amax")
-        # work items: (cell, row group, column group) for every group pair of the cell
-        per_cell = r_count[cy] * c_count[cx]
-        item_cell = torch.repeat_interleave(torch.arange(n, device=dev), per_cell)
-        local = torch.arange(item_cell.numel(), device=dev) - (
-            per_cell.cumsum(0) - per_cell)[item_cell]
-        ncol = c_count[cx][item_cell]
-        gy = r_first[cy][item_cell] + torch.div(local, ncol, rounding_mode="floor")
-        gx = c_first[cx][item_cell] + local % ncol
-        # (item, candidate) pairs: each item evaluates its cell's candidates
-        item_count = count[item_cell]
-        item_of = torch.repeat_interleave(torch.arange(item_cell.numel(), device=dev),
-                                          item_count)
-        item_rank = torch.arange(item_of.numel(), device=dev) - (
-            item_count.cumsum(0) - item_count)[item_of]
-        pair = pair_start[item_cell][item_of] + item_rank
-        vals = torch.einsum("pak,pkl,pbl->pab", r_wts[gy[item_of]],
-                            patch[pair_cls[pair], pair_cell[pair]].double(),
-                            c_wts[gx[item_of]])
-        table = torch.full((item_cell.numel(), kmax, block), -float("inf"),
-                           dtype=torch.float64, device=dev)
-        table[item_of, item_rank] = vals.flatten(1)
-        table = table.transpose(1, 2)  # (items, block, kmax)
-        top, arg = table.max(dim=2)
-        table.scatter_(2, arg[:, :, None], -float("inf"))
-        gap = top - table.amax(dim=2)
-        valid = (r_valid[gy][:, :, None] & c_valid[gx][:, None, :]).flatten(1)
-        if bool(((gap <= mag[item_cell][:, None] * tol) & valid).any()):
+        if not _resolve_cells(x, labels, cy, cx, row_g, col_g, margin, tol):
             return None
-        win = classes[item_cell].gather(1, arg)
-        oy = r_pos[gy][:, :, None].expand(-1, -1, cols.size).flatten(1)
-        ox = c_pos[gx][:, None, :].expand(-1, rows.size, -1).flatten(1)
-        labels[oy[valid], ox[valid]] = win[valid]
     return labels
+
+
+def _single_class_cells(
+    top2: torch.Tensor, top_cls: torch.Tensor, rows: _Axis, cols: _Axis, margin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1: every output pixel labelled with the best class at its window's anchor cell,
+    and the (source-size) mask of cells where that class wins throughout the window."""
+    kh, kw = rows.k, cols.k
+    best = top_cls[0]
+    single = (_window(best, kh, kw, torch.maximum) == _window(best, kh, kw, torch.minimum)) & (
+        _window(top2[0], kh, kw, torch.minimum) >= _window(top2[1], kh, kw, torch.maximum) + margin
+    )
+    labels = best.index_select(0, torch.from_numpy(rows.lo).to(best.device))
+    labels = labels.index_select(1, torch.from_numpy(cols.lo).to(best.device))
+    return labels, single
+
+
+@dataclass
+class _Groups:
+    """An `_Axis`'s groups as tensors on the logits' device (see `_Axis`)."""
+
+    first: torch.Tensor
+    count: torch.Tensor
+    pos: torch.Tensor
+    valid: torch.Tensor
+    weights: torch.Tensor
+    size: int
+    k: int
+
+    @classmethod
+    def of(cls, axis: _Axis, device: torch.device) -> _Groups:
+        tensors = (torch.from_numpy(v).to(device)
+                   for v in (axis.first, axis.count, axis.pos, axis.valid, axis.weights))
+        return cls(*tensors, size=axis.size, k=axis.k)
+
+
+@dataclass
+class _Candidates:
+    """The classes that can win somewhere in each of n cells: (cell, class) pairs, cell-major
+    and classes ascending within a cell, and the same per cell as a padded (n, kmax) table."""
+
+    patch: torch.Tensor  # (C, n, kh, kw) source values of each cell's window
+    pair_cell: torch.Tensor
+    pair_cls: torch.Tensor
+    pair_start: torch.Tensor  # each cell's first pair
+    count: torch.Tensor  # pairs per cell
+    classes: torch.Tensor  # (n, kmax)
+    mag: torch.Tensor  # float64 bound on |value| of each cell's candidates over its window
+
+
+def _resolve_cells(
+    x: torch.Tensor, labels: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor,
+    row_g: _Groups, col_g: _Groups, margin: torch.Tensor, tol: float,
+) -> bool:
+    """Step 2 for some cells: writes their pixels' labels; False where a near-tie leaves it to
+    step 3 (then `labels` is only partly written)."""
+    cand = _candidates(x, cy, cx, row_g.k, col_g.k, margin)
+    item_cell, gy, gx = _work_items(cy, cx, row_g, col_g)
+    arg, gap = _best_of_items(cand, item_cell, gy, gx, row_g, col_g)
+    valid = (row_g.valid[gy][:, :, None] & col_g.valid[gx][:, None, :]).flatten(1)
+    if bool(((gap <= cand.mag[item_cell][:, None] * tol) & valid).any()):
+        return False
+    win = cand.classes[item_cell].gather(1, arg)
+    oy = row_g.pos[gy][:, :, None].expand(-1, -1, col_g.size).flatten(1)
+    ox = col_g.pos[gx][:, None, :].expand(-1, row_g.size, -1).flatten(1)
+    labels[oy[valid], ox[valid]] = win[valid]
+    return True
+
+
+def _candidates(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, kh: int, kw: int,
+                margin: torch.Tensor) -> _Candidates:
+    """The classes whose largest value over a cell's window reaches the best smallest one."""
+    c, h, w = x.shape
+    dev = x.device
+    n = cy.numel()
+    ys = (cy[:, None] + torch.arange(kh, device=dev)).clamp_(max=h - 1)  # past the border: 0 weight
+    xs = (cx[:, None] + torch.arange(kw, device=dev)).clamp_(max=w - 1)
+    patch = x[:, ys[:, :, None], xs[:, None, :]]  # (C, n, kh, kw)
+    hi = patch.amax(dim=(2, 3))
+    lo = patch.amin(dim=(2, 3))
+    cand = hi >= lo.amax(dim=0) - margin  # (C, n)
+    count = cand.sum(dim=0)
+    pair_cell, pair_cls = cand.t().nonzero(as_tuple=True)
+    pair_start = count.cumsum(0) - count
+    rank = torch.arange(pair_cell.numel(), device=dev) - pair_start[pair_cell]
+    classes = torch.zeros((n, int(count.max())), dtype=torch.int64, device=dev)
+    classes[pair_cell, rank] = pair_cls
+    mag = torch.zeros(n, dtype=torch.float64, device=dev).scatter_reduce_(
+        0, pair_cell, torch.maximum(hi, -lo)[pair_cls, pair_cell].double(), "amax")
+    return _Candidates(patch, pair_cell, pair_cls, pair_start, count, classes, mag)
+
+
+def _work_items(cy: torch.Tensor, cx: torch.Tensor, row_g: _Groups, col_g: _Groups
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Work items (cell, row group, column group): every group pair of each cell."""
+    dev = cy.device
+    per_cell = row_g.count[cy] * col_g.count[cx]
+    item_cell = torch.repeat_interleave(torch.arange(cy.numel(), device=dev), per_cell)
+    local = torch.arange(item_cell.numel(), device=dev) - (
+        per_cell.cumsum(0) - per_cell)[item_cell]
+    ncol = col_g.count[cx][item_cell]
+    gy = row_g.first[cy][item_cell] + torch.div(local, ncol, rounding_mode="floor")
+    gx = col_g.first[cx][item_cell] + local % ncol
+    return item_cell, gy, gx
+
+
+def _best_of_items(
+    cand: _Candidates, item_cell: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor,
+    row_g: _Groups, col_g: _Groups,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's candidates blended in float64 with the kernel's weights at its pixels:
+    the best one's rank and its lead over the runner-up, both (items, pixels of a group)."""
+    dev = item_cell.device
+    # (item, candidate) pairs: each item evaluates its cell's candidates
+    item_count = cand.count[item_cell]
+    item_of = torch.repeat_interleave(torch.arange(item_cell.numel(), device=dev), item_count)
+    item_rank = torch.arange(item_of.numel(), device=dev) - (
+        item_count.cumsum(0) - item_count)[item_of]
+    pair = cand.pair_start[item_cell][item_of] + item_rank
+    vals = torch.einsum("pak,pkl,pbl->pab", row_g.weights[gy[item_of]],
+                        cand.patch[cand.pair_cls[pair], cand.pair_cell[pair]].double(),
+                        col_g.weights[gx[item_of]])
+    table = torch.full((item_cell.numel(), cand.classes.shape[1], row_g.size * col_g.size),
+                       -float("inf"), dtype=torch.float64, device=dev)
+    table[item_of, item_rank] = vals.flatten(1)
+    table = table.transpose(1, 2)  # (items, block, kmax)
+    top, arg = table.max(dim=2)
+    table.scatter_(2, arg[:, :, None], -float("inf"))
+    return arg, top - table.amax(dim=2)
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,9 @@
 of the tiny raw tree: perfect ones score 100, damaged ones less, and nothing is written
 outside the output folder."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +155,24 @@ def test_missing_gt_dir_is_named():
         **panoptic_separated_metadata(CITYSCAPES_CATEGORIES))
     with pytest.raises(KeyError, match="gt_dir"):
         CityscapesInstanceEvaluator("test_cityscapes_eval_no_gt")
+
+
+@pytest.mark.parametrize("cls,output,metric", [
+    (CityscapesInstanceEvaluator, "instances", "instance AP"),
+    (CityscapesSemSegEvaluator, "panoptic_seg", "mIoU"),
+])
+def test_missing_model_output_is_named(gt, tmp_path, cls, output, metric):
+    """A model configured without the output an evaluator reads is told which setting to fix,
+    before anything of the batch is written."""
+    ev = cls(NAME, str(tmp_path))
+    ev.reset()
+    root, id_maps, files = gt
+    good = {"file_name": str(files[0]), "image_id": cityscapes_image_id(str(files[0]))}
+    message = (f"Cityscapes {metric} needs the model's '{output}' output; keep it in "
+               "MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS")
+    with pytest.raises(KeyError, match=re.escape(message)):
+        ev.process([good], [{k: v for k, v in _outputs(id_maps[0]).items() if k != output}])
+    assert os.listdir(ev._work) == []
 
 
 def test_evaluator_set_dispatches_on_metadata(gt, tmp_path):

@@ -19,7 +19,6 @@ from panoptic_ext.modeling.postprocess import (
     rescale_boxes,
     segments_from_tensors,
     semantic_argmax,
-    semantic_argmax_stats,
     semantic_logits,
     semantic_resize,
 )
@@ -72,15 +71,36 @@ def test_semantic_argmax_equals_full_upsample(seed):
         assert torch.equal(got, _detectron2_labels(logits, image_size, out_size))
 
 
-def test_semantic_argmax_ties_and_full_logits():
+@pytest.fixture
+def pruned_results(monkeypatch):
+    """What each `_pruned_argmax` call made by `semantic_argmax` returned, in order: labels,
+    or None where the full computation (step 3) decided instead."""
+    import panoptic_ext.modeling.postprocess as pp
+
+    results = []
+    real = pp._pruned_argmax
+
+    def spy(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(pp, "_pruned_argmax", spy)
+    return results
+
+
+def test_semantic_argmax_ties_and_full_logits(monkeypatch, pruned_results):
+    import panoptic_ext.modeling.postprocess as pp
+
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 20, 30, generator=gen)
     logits[4] = logits[2]  # exact ties everywhere class 2 / 4 compete: lowest index wins
-    before = semantic_argmax_stats["fallbacks"]
-    for out_size in ((80, 120), (61, 97)):
-        got = semantic_argmax(logits, 4, (80, 120), out_size)
-        assert torch.equal(got, _detectron2_labels(logits, (80, 120), out_size))
-    assert semantic_argmax_stats["fallbacks"] > before  # ties go through the exact route
+    for ambiguous in (pp._MAX_AMBIGUOUS, 1.0):  # 1.0: step 2 must find the ties itself
+        monkeypatch.setattr(pp, "_MAX_AMBIGUOUS", ambiguous)
+        for out_size in ((80, 120), (61, 97)):
+            got = semantic_argmax(logits, 4, (80, 120), out_size)
+            assert torch.equal(got, _detectron2_labels(logits, (80, 120), out_size))
+    # ties go through the exact route
+    assert len(pruned_results) == 4 and all(r is None for r in pruned_results)
     # full logits without the redundant same-size resize: identical values
     up = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     assert torch.equal(semantic_logits(logits, 4, (77, 118), (77, 118)),
@@ -89,7 +109,7 @@ def test_semantic_argmax_ties_and_full_logits():
     assert one.shape == (40, 50) and int(one.abs().sum()) == 0
 
 
-def test_pruned_path_runs_and_matches(monkeypatch):
+def test_pruned_path_runs_and_matches(monkeypatch, pruned_results):
     """Logits with large regions resolve without the full computation, even when every cell
     must be evaluated, and still match Detectron2."""
     import panoptic_ext.modeling.postprocess as pp
@@ -101,7 +121,6 @@ def test_pruned_path_runs_and_matches(monkeypatch):
     logits = F.interpolate(logits[None], size=(40, 56), mode="bilinear")[0]
     logits += F.interpolate(torch.randn(1, 7, 4, 5, generator=gen), size=(40, 56),
                             mode="bilinear")[0]
-    before = semantic_argmax_stats["fallbacks"]
     for out_size in ((160, 224), (150, 210), (97, 301)):
         got = semantic_argmax(logits, 4, (160, 224), out_size, threads=1)
         assert torch.equal(got, _detectron2_labels(logits, (160, 224), out_size))
@@ -109,7 +128,8 @@ def test_pruned_path_runs_and_matches(monkeypatch):
     for out_size in ((120, 160), (77, 190)):
         got = semantic_argmax(noisy, 4, (120, 160), out_size)
         assert torch.equal(got, _detectron2_labels(noisy, (120, 160), out_size))
-    assert semantic_argmax_stats["fallbacks"] == before
+    # every call resolved on the pruned path: none fell back to the full computation
+    assert len(pruned_results) == 5 and all(r is not None for r in pruned_results)
 
 
 def test_semantic_resize_is_sem_seg_postprocess():
