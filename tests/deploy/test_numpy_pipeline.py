@@ -28,7 +28,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 from torchvision import ops
 
-from panoptic_ext.apps import onnx_pipeline as npp  # the module under test, torch-free
+from panoptic_ext.deploy import numpy_pipeline as npp  # the module under test, torch-free
 from panoptic_ext.modeling import postprocess
 
 F32 = np.float32
@@ -192,7 +192,7 @@ def test_batched_nms_ties_per_group_path_order(seed):
 def _export_spec(ag: DefaultAnchorGenerator) -> dict:
     """The export's own `_onnx_spec`, read from a stand-in model holding only what it reads
     (the anchor generator is the real one)."""
-    from panoptic_ext.apps.export import _onnx_spec
+    from panoptic_ext.deploy.export import _onnx_spec
 
     levels = ["p2", "p3", "p4", "p5", "p6"]
     pooler = SimpleNamespace(min_level=2, max_level=5, canonical_level=4, canonical_box_size=224)
@@ -411,8 +411,10 @@ def test_resize_bilinear_same_size_is_identity():
 def _compare_merge(boxes, scores, classes, mask_probs, sem, image_size, out_size,
                    overlap=0.5, stuff_area=64.0, score_thresh=0.5):
     """Both merges on the same detections; their outputs must be identical. Returns numpy's."""
-    got = npp.panoptic_from_detections(boxes, scores, classes, mask_probs, sem, image_size,
-                                       out_size, overlap, stuff_area, score_thresh)
+    thresholds = {"OVERLAP_THRESH": overlap, "STUFF_AREA_LIMIT": stuff_area,
+                  "INSTANCES_CONFIDENCE_THRESH": score_thresh}
+    got = npp.panoptic_from_detections((boxes, scores, classes, mask_probs), sem,
+                                       (image_size, out_size), thresholds)
     ref = postprocess.panoptic_from_detections(
         _t(boxes), _t(scores), _t(classes), _t(mask_probs)[:, None], _t(sem), image_size,
         out_size, overlap, stuff_area, score_thresh)
