@@ -2,18 +2,26 @@
 
 Both models are built from one config and one set of weights, run on the same images in one
 process, alternating (so machine load hits both alike), after a warm-up. Reports per-stage and
-end-to-end latency of each, their ratio, and how far our panoptic output agrees with
+end-to-end latency of each, their ratio, per image the detections and panoptic segments of
+each (post-processing cost follows them), and how far our panoptic output agrees with
 Detectron2's (pixel agreement of the segment category, and PQ taking Detectron2's output as
 ground truth). The logic behind tools/benchmark.py; not part of the installed package.
+
+Images are either generated (`load_images`: noise, or the test set's first images, resized to
+one fixed size and returned at that size, so no output resize) or files (`load_input_files`:
+read and resized as Detectron2's DefaultPredictor does, outputs at the original size), the
+protocol of real use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,10 +36,13 @@ from panoptic_ext.modeling import meta_arch as ext_meta_arch
 
 __all__ = [
     "STAGES",
+    "BenchImage",
+    "InputError",
     "StageTimer",
     "build_models",
     "compare_panoptic",
     "load_images",
+    "load_input_files",
     "run_benchmark",
     "format_report",
     "run_combine_benchmark",
@@ -106,14 +117,43 @@ def build_models(cfg: CfgNode, seed: int = 0) -> tuple[torch.nn.Module, torch.nn
     return ours.eval(), d2.eval(), source
 
 
+@dataclass
+class BenchImage:
+    """One input as both models get it: the CHW float network input and the output size
+    ("height"/"width": a file's original size, as DefaultPredictor passes it; a generated
+    image's own size). `name` says in the report which input it was."""
+
+    name: str
+    image: torch.Tensor
+    height: int
+    width: int
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    def model_input(self) -> dict[str, Any]:
+        return {"image": self.image, "height": self.height, "width": self.width}
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description, enough to reproduce the input."""
+        return {"name": self.name, "input_size": list(self.input_size),
+                "output_size": [self.height, self.width]}
+
+
+class InputError(ValueError):
+    """An --input that is missing, matches nothing or is not a readable image (names it)."""
+
+
 def load_images(
     cfg: CfgNode, num: int, size: tuple[int, int], seed: int = 0
-) -> tuple[list[torch.Tensor], str]:
-    """`num` CHW float images of `size`: the first test-set images resized, else random ones."""
+) -> tuple[list[BenchImage], str]:
+    """`num` generated inputs of `size` (the test set's first images stretched to it, else
+    uniform noise), returned at that size: the model does no output resize on them."""
     import cv2
 
     height, width = size
-    images: list[torch.Tensor] = []
+    images: list[BenchImage] = []
     source = "random"
     with contextlib.suppress(Exception):
         from detectron2.data import DatasetCatalog
@@ -123,13 +163,44 @@ def load_images(
         for d in dicts[:num]:
             img = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
             img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-            images.append(torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float())
+            chw = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+            images.append(BenchImage(os.path.basename(d["file_name"]), chw, height, width))
         if images:
             source = f"{cfg.DATASETS.TEST[0]} resized to {height}x{width}"
     gen = torch.Generator().manual_seed(seed)
     while len(images) < num:
-        images.append(torch.randint(0, 256, (3, height, width), generator=gen).float())
+        noise = torch.randint(0, 256, (3, height, width), generator=gen).float()
+        images.append(BenchImage(f"random #{len(images)}", noise, height, width))
     return images[:num], source
+
+
+def load_input_files(cfg: CfgNode, patterns: Sequence[str]) -> list[BenchImage]:
+    """Image files, folders or glob patterns, each read as Detectron2's demo reads it
+    (`read_image`, BGR, EXIF upright) and prepared as DefaultPredictor does (INPUT.FORMAT,
+    ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, outputs at the original size):
+    the figure then is the one a user of the predictor sees. Raises InputError naming the path
+    that is missing, matches nothing or cannot be read as an image."""
+    from detectron2.data.detection_utils import read_image
+
+    from panoptic_ext.apps.demo import collect_inputs
+    from panoptic_ext.deploy.export import preprocess_like_predictor
+
+    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+        raise InputError(f"--input needs INPUT.FORMAT BGR or RGB (as DefaultPredictor), got "
+                         f"{cfg.INPUT.FORMAT!r}")
+    files, problems = collect_inputs(patterns)
+    if problems:
+        raise InputError("--input " + "; ".join(problems))
+    images = []
+    for path in files:
+        try:
+            bgr = read_image(path, format="BGR")
+        except Exception as e:  # noqa: BLE001 - PIL raises several kinds for a bad file
+            raise InputError(f"--input {path}: cannot read it as an image "
+                             f"({type(e).__name__}: {e})") from e
+        chw, (height, width) = preprocess_like_predictor(cfg, bgr)
+        images.append(BenchImage(path, chw, int(height), int(width)))
+    return images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,6 +384,36 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _d2_first(k: int, n: int) -> bool:
+    """Whether Detectron2 runs first on timed image `k` of a cycle of `n` inputs: the order
+    flips image by image and, for an even `n`, also round by round, so that every input is
+    timed in both orders alike (with 2 files cycled, a plain flip would give each file one
+    fixed order, and the second model the first one's warm caches)."""
+    return (k + (k // n if n % 2 == 0 else 0)) % 2 == 0
+
+
+def _segment_counts(out: dict[str, Any]) -> dict[str, int | None]:
+    """Detections (None when "instances" was not returned) and panoptic thing / stuff segments
+    of one output: what mask pasting and the merge work through, so what their cost follows."""
+    segments = out["panoptic_seg"][1]
+    things = sum(bool(s["isthing"]) for s in segments)
+    return {"detections": len(out["instances"]) if "instances" in out else None,
+            "things": things, "stuff": len(segments) - things}
+
+
+def _mean_macs(d2: torch.nn.Module, images: Sequence[BenchImage], detections: int
+               ) -> dict[str, float]:
+    """`stage_macs` at each timed image's input size, averaged over the timed images (files
+    of several sizes), with the RPN's post-NMS proposals and `detections` through the heads."""
+    proposals = int(d2.proposal_generator.post_nms_topk[False])
+    by_size = {size: stage_macs(d2, size, proposals, detections)
+               for size in dict.fromkeys(b.input_size for b in images)}
+    if len(by_size) == 1:
+        return next(iter(by_size.values()))
+    return {key: statistics.fmean(by_size[b.input_size][key] for b in images)
+            for key in next(iter(by_size.values()))}
+
+
 def run_benchmark(
     cfg: CfgNode,
     num_images: int = 3,
@@ -322,21 +423,39 @@ def run_benchmark(
     outputs: Sequence[str] | None = None,
     arithmetic_limit: bool = True,
     peak_size: tuple[int, int] = (200, 336),
+    inputs: Sequence[BenchImage] | None = None,
 ) -> dict[str, Any]:
-    """Time both models on the same images, alternating which goes first, and compare their
-    panoptic outputs. `outputs` is passed to our model's inference (e.g. ("panoptic_seg",)).
+    """Time both models on the same images, alternating which goes first (`_d2_first`), and
+    compare their panoptic outputs.
+
+    `inputs` (`load_input_files`): time these, cycled up to `num_images`, instead of
+    `num_images` generated ones of `size`. First `warmup` untimed rounds run each model once
+    on every distinct input (generated ones share one size: the first), so one-time costs
+    (our runtime's export and compile, a new shape's setup) stay out of both models' times.
+    `outputs` is passed to our model's inference (e.g. ("panoptic_seg",)).
     `arithmetic_limit`: also measure a 3x3-conv peak (256 channels at `peak_size`) and count
     the stages' multiply-adds, for each stage's "x of the arithmetic limit"."""
     from panoptic_ext.deploy.runtime import resolve_runtime
 
+    if inputs is not None and not inputs:
+        raise ValueError("inputs: an empty list (leave it None for generated images)")
     ours, d2, weights = build_models(cfg, seed)
-    images, image_source = load_images(cfg, num_images, size, seed)
+    if inputs is not None:
+        distinct = list(inputs[:num_images])
+        images = [distinct[k % len(distinct)] for k in range(num_images)]
+        image_source = (f"{len(distinct)} file(s), cycled; resized as DefaultPredictor "
+                        f"(INPUT.MIN_SIZE_TEST {cfg.INPUT.MIN_SIZE_TEST}, MAX_SIZE_TEST "
+                        f"{cfg.INPUT.MAX_SIZE_TEST}), outputs at the original size")
+        warm = distinct
+    else:
+        images, image_source = load_images(cfg, num_images, size, seed)
+        distinct, warm = images, images[:1]
     device = ours.device
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     timer = StageTimer(sync)
 
-    def run(model: torch.nn.Module, image: torch.Tensor) -> tuple[float, dict, Any]:
-        inp = [{"image": image, "height": size[0], "width": size[1]}]
+    def run(model: torch.nn.Module, b: BenchImage) -> tuple[float, dict, Any]:
+        inp = [b.model_input()]
         timer.reset()
         with torch.no_grad(), instrument(model, timer):
             if sync:
@@ -353,28 +472,35 @@ def run_benchmark(
         stages["other"] = total - sum(stages.values())
         return total, stages, out[0]
 
-    for k in range(warmup):
-        for model in (d2, ours):
-            run(model, images[k % len(images)])
+    for _ in range(warmup):
+        for b in warm:
+            for model in (d2, ours):
+                run(model, b)
 
     results: dict[str, dict[str, list]] = {n: {"total": [], "stages": []} for n in ("ours", "d2")}
     pans: dict[str, list] = {"ours": [], "d2": []}
-    instances = []
-    for k, image in enumerate(images):
-        order = (("d2", d2), ("ours", ours)) if k % 2 == 0 else (("ours", ours), ("d2", d2))
+    per_image = []
+    for k, b in enumerate(images):
+        d2_first = _d2_first(k, len(distinct))
+        order = (("d2", d2), ("ours", ours)) if d2_first else (("ours", ours), ("d2", d2))
+        counts = {}
         for name, model in order:
-            total, stages, out = run(model, image)
+            total, stages, out = run(model, b)
             results[name]["total"].append(total)
             results[name]["stages"].append(stages)
             pans[name].append(out["panoptic_seg"])
-            if name == "d2":
-                instances.append(len(out["instances"]))
+            counts[name] = _segment_counts(out)
+        per_image.append({**b.describe(), "d2_first": d2_first, **counts})
+    instances = [r["d2"]["detections"] for r in per_image]
 
     report: dict[str, Any] = {
         "weights": weights,
         "images": image_source,
         "num_images": num_images,
-        "size": list(size),
+        "size": list(size) if inputs is None else None,
+        "inputs": [b.describe() for b in distinct],
+        "warmup_rounds": warmup,
+        "warmup_inputs": [b.name for b in warm] if warmup else [],
         "precision": cfg.TEST.PRECISION,
         "precision_peak": "bf16" if cfg.TEST.PRECISION.lower() == "bf16" else "fp32",
         "runtime": resolve_runtime(cfg.TEST.RUNTIME, device.type),
@@ -383,8 +509,9 @@ def run_benchmark(
         "outputs": list(outputs or cfg.MODEL.PANOPTIC_EXT.INFERENCE_OUTPUTS),
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "per_image": per_image,
         "detections_per_image": instances,
-        "things_in_panoptic_d2": [sum(s["isthing"] for s in segs) for _, segs in pans["d2"]],
+        "things_in_panoptic_d2": [r["d2"]["things"] for r in per_image],
     }
     for name in ("d2", "ours"):
         r = results[name]
@@ -403,24 +530,66 @@ def run_benchmark(
     if arithmetic_limit and device.type == "cpu":
         peaks = {p: conv_peak(p, size=peak_size)
                  for p in sorted({"fp32", report["precision_peak"]})}
-        macs = stage_macs(d2, size, int(d2.proposal_generator.post_nms_topk[False]),
-                          int(statistics.median(instances)))
+        macs = _mean_macs(d2, images, int(statistics.median(instances)))
         report["limit"] = limit_report(report, macs, peaks,
                                        getattr(ours.dense_runner, "engine", None) is not None)
+        report["limit"]["input_sizes"] = [list(x) for x in
+                                          dict.fromkeys(b.input_size for b in images)]
     return report
+
+
+def _hxw(size: Sequence[int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _protocol_lines(report: dict[str, Any]) -> list[str]:
+    """Which inputs were timed, at which sizes, after which warm-up: what a reader needs to
+    reproduce the figure and to compare it with another one."""
+    if report["warmup_rounds"]:
+        names = ", ".join(os.path.basename(n) for n in report["warmup_inputs"])
+        lines = [f"warm-up (untimed): {report['warmup_rounds']} round(s) of each model on "
+                 f"{names}; one-time costs (our runtime's export and compile, new shapes) "
+                 "fall there"]
+    else:
+        lines = ["warm-up: none, so the first timed run of each model holds its one-time costs "
+                 "(for ours, a compiled TEST.RUNTIME's graph export and compile)"]
+    if report["size"] is None:
+        lines.append("inputs (network input HxW <- original HxW, the output size):")
+        lines += [f"- {i['name']}: {_hxw(i['input_size'])} <- {_hxw(i['output_size'])}"
+                  for i in report["inputs"]]
+    return lines
+
+
+def _per_image_lines(report: dict[str, Any]) -> list[str]:
+    """Per timed image: who ran first, detections and panoptic segments of each model (the
+    post-processing work, which differs between noise and photos) and the ratio."""
+    rows = report["per_image"]
+    width = max(12, *(len(os.path.basename(r["name"])) + 2 for r in rows))
+    lines = [f"{'#':<4}{'input':<{width}}{'first':<6}{'detections D2/ours':>20}"
+             f"{'segments things+stuff D2 / ours':>34}{'ratio':>8}"]
+    for k, (r, ratio) in enumerate(zip(rows, report["ratio_per_image"], strict=True)):
+        d2, ours = r["d2"], r["ours"]
+        det = f"{d2['detections']}/{'-' if ours['detections'] is None else ours['detections']}"
+        seg = f"{d2['things']}+{d2['stuff']} / {ours['things']}+{ours['stuff']}"
+        lines.append(f"{'#' + str(k + 1):<4}{os.path.basename(r['name']):<{width}}"
+                     f"{'D2' if r['d2_first'] else 'ours':<6}{det:>20}{seg:>34}{ratio:>8.3f}")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text table of a `run_benchmark` report."""
+    if report["size"] is None:
+        images = f"{report['num_images']} timed ({report['images']})"
+    else:
+        images = (f"{report['num_images']} x {_hxw(report['size'])} ({report['images']}; "
+                  "outputs at that size, no resize)")
     lines = [
         f"weights: {report['weights']}",
-        f"images: {report['num_images']} x {report['size'][0]}x{report['size'][1]} "
-        f"({report['images']}), device {report['device']}, {report['threads']} threads",
+        f"images: {images}, device {report['device']}, {report['threads']} threads",
         f"ours: runtime {report['runtime']}, precision {report['precision']}, "
         f"fast_inference {report['fast_inference']}, "
         f"channels_last {report['channels_last']}, outputs {report['outputs']}",
-        f"detections per image (Detectron2): {report['detections_per_image']}; "
-        f"thing segments in its panoptic output: {report['things_in_panoptic_d2']}",
+        *_protocol_lines(report),
         "",
         f"{'stage (median, ms)':<26}{'Detectron2':>12}{'ours':>12}{'ratio':>8}"
         f"{'Detectron2 min-max':>22}{'ours min-max':>20}",
@@ -440,6 +609,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"panoptic agreement with Detectron2: pixels {100 * ag['pixel_agreement']:.3f}%, "
         f"PQ {ag['pq']:.2f} (things {ag['pq_things']:.2f}, stuff {ag['pq_stuff']:.2f}), "
         f"segments {ag['segments_ours']} vs {ag['segments_detectron2']}",
+        "",
+        *_per_image_lines(report),
     ]
     if "limit" in report:
         lines += ["", *_format_limit(report["limit"])]
@@ -466,7 +637,8 @@ def side_by_side_rows(report: dict[str, Any], stages: Sequence[str], width: int,
 def _format_limit(lim: dict[str, Any]) -> list[str]:
     peaks = ", ".join(f"{2 * v / 1e9:.0f} GFLOP/s {k}" for k, v in lim["peak_macs_per_s"].items())
     lines = [f"arithmetic limit: 3x3-conv peak {peaks} (256 channels, channels_last, this run); "
-             f"{lim['total_macs'] / 1e9:.1f} G multiply-adds (fvcore)",
+             f"{lim['total_macs'] / 1e9:.1f} G multiply-adds (fvcore"
+             f"{_macs_sizes(lim.get('input_sizes', []))})",
              f"{'x of the limit':<26}{'Detectron2':>12}{'ours':>12}{'G mult-adds':>14}"]
     macs = dict(lim["macs"])
     macs["ROI heads"] = macs.pop("box head") + macs.pop("mask head")
@@ -479,6 +651,12 @@ def _format_limit(lim: dict[str, Any]) -> list[str]:
         lines.append("(ours: one compiled graph, its backbone+FPN row holds the semantic and "
                      "RPN heads)")
     return lines
+
+
+def _macs_sizes(sizes: Sequence[Sequence[int]]) -> str:
+    if len(sizes) > 1:
+        return ", mean over the timed images at " + ", ".join(_hxw(x) for x in sizes)
+    return f" at {_hxw(sizes[0])}" if sizes else ""
 
 
 def _x(value: float | None) -> str:

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
@@ -13,10 +14,12 @@ from detectron2.modeling.meta_arch import panoptic_fpn as d2_panoptic_fpn
 from benchmarks import model_speed
 from benchmarks.model_speed import (
     STAGES,
+    InputError,
     StageTimer,
     compare_panoptic,
     format_combine_report,
     format_report,
+    load_input_files,
     run_benchmark,
     run_combine_benchmark,
 )
@@ -25,6 +28,8 @@ from panoptic_ext.modeling import meta_arch as ext_meta_arch
 from tests.helpers.tools import CONFIGS, REPO
 
 SYNTHETIC = os.path.join(CONFIGS, "Synthetic", "panoptic_fpn_R_50.yaml")
+# --input files are resized as DefaultPredictor does: to 64 short side, at most 96
+SMALL_TEST_SIZE = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
 
 
 def _load_tool():
@@ -79,6 +84,15 @@ def test_side_by_side_on_a_small_input():
     assert report["num_images"] == 2 and report["size"] == [64, 96]
     assert len(report["detections_per_image"]) == 2
     assert len(report["things_in_panoptic_d2"]) == 2
+    # generated inputs: named, output at the input size, warm-up on the first, order flips
+    assert [i["name"] for i in report["inputs"]] == ["random #0", "random #1"]
+    assert all(i["input_size"] == i["output_size"] == [64, 96] for i in report["inputs"])
+    assert report["warmup_rounds"] == 1 and report["warmup_inputs"] == ["random #0"]
+    assert [r["d2_first"] for r in report["per_image"]] == [True, False]
+    for r, things in zip(report["per_image"], report["things_in_panoptic_d2"], strict=True):
+        assert r["ours"]["detections"] is None  # instances not asked for
+        assert r["d2"]["things"] == r["ours"]["things"] == things
+        assert r["d2"]["stuff"] == r["ours"]["stuff"]
     for name in ("d2", "ours"):
         r = report[name]
         assert list(r["stages"]) == list(STAGES) and list(r["stage_summary"]) == list(STAGES)
@@ -116,6 +130,11 @@ def test_side_by_side_on_a_small_input():
     for s in STAGES:
         assert sum(line.startswith(s) for line in text) == 1, s
     assert any(line.startswith("end-to-end median") for line in text)
+    assert "2 x 64x96 (random; outputs at that size, no resize)" in text[1]
+    assert text[3].startswith("warm-up (untimed): 1 round(s) of each model on random #0")
+    d2_dets = report["detections_per_image"][1]
+    assert any(line.startswith("#2") and "random #1" in line and f" {d2_dets}/- " in line
+               for line in text)
     assert any("pixels 100.000%" in line and "PQ 100.00" in line for line in text)
 
     # the arithmetic limit: stage time over (fvcore multiply-adds / measured 3x3-conv peak)
@@ -136,6 +155,67 @@ def test_side_by_side_on_a_small_input():
     rows = [line.split() for line in text if line.startswith("  ")]
     assert [r[0] for r in rows] == ["backbone+FPN", "semantic", "RPN", "ROI", "end-to-end"]
     assert rows[0][1] == f"{lim['d2']['backbone+FPN']:.2f}x"
+
+
+def _write_images(folder) -> tuple[str, str]:
+    """A 40x60 PNG and a 48x40 JPEG of noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    png, jpg = str(folder / "wide.png"), str(folder / "tall.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(png)
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(jpg)
+    return png, jpg
+
+
+def test_input_files_are_timed_as_the_predictor_feeds_them(tmp_path):
+    png, jpg = _write_images(tmp_path)
+    cfg = setup_cfg(SYNTHETIC, ["MODEL.WEIGHTS", "", *SMALL_TEST_SIZE])
+    inputs = load_input_files(cfg, [str(tmp_path / "*.png"), jpg])
+    # DefaultPredictor: ResizeShortestEdge 64 / 96 of the BGR file, outputs at its own size
+    assert [(b.name, b.input_size, (b.height, b.width)) for b in inputs] == [
+        (png, (64, 96), (40, 60)), (jpg, (77, 64), (48, 40))]
+    assert inputs[0].image.dtype == torch.float32
+
+    report = run_benchmark(cfg, num_images=3, warmup=1, inputs=inputs, peak_size=(16, 24))
+    assert report["size"] is None and report["num_images"] == 3
+    assert report["inputs"] == [
+        {"name": png, "input_size": [64, 96], "output_size": [40, 60]},
+        {"name": jpg, "input_size": [77, 64], "output_size": [48, 40]}]
+    assert report["warmup_inputs"] == [png, jpg]  # every distinct input, before timing
+    rows = report["per_image"]
+    assert [r["name"] for r in rows] == [png, jpg, png]  # cycled
+    assert [r["d2_first"] for r in rows] == [True, False, False]  # each file both orders
+    for r in rows:
+        assert r["d2"]["detections"] == r["ours"]["detections"]  # all outputs asked for
+        assert r["d2"]["things"] <= r["d2"]["detections"]
+    ag = report["agreement"]
+    assert ag["segments_detectron2"] == sum(r["d2"]["things"] + r["d2"]["stuff"] for r in rows)
+    assert ag["segments_ours"] == sum(r["ours"]["things"] + r["ours"]["stuff"] for r in rows)
+    assert report["limit"]["input_sizes"] == [[64, 96], [77, 64]]
+    assert json.loads(json.dumps(report)) == report
+
+    text = format_report(report).splitlines()
+    assert "3 timed (2 file(s), cycled; resized as DefaultPredictor (INPUT.MIN_SIZE_TEST 64, " \
+        "MAX_SIZE_TEST 96), outputs at the original size)" in text[1]
+    assert "warm-up (untimed): 1 round(s) of each model on wide.png, tall.jpg" in text[3]
+    assert f"- {png}: 64x96 <- 40x60" in text and f"- {jpg}: 77x64 <- 48x40" in text
+    last = rows[2]
+    dets = f"{last['d2']['detections']}/{last['ours']['detections']}"
+    segs = (f"{last['d2']['things']}+{last['d2']['stuff']} / "
+            f"{last['ours']['things']}+{last['ours']['stuff']}")
+    assert any(line.startswith("#3") and "wide.png" in line and "ours" in line
+               and dets in line and segs in line for line in text)
+    assert any("mean over the timed images at 64x96, 77x64" in line for line in text)
+
+
+def test_input_order_gives_every_file_both_orders():
+    for n in (1, 2, 3, 4):
+        firsts: dict[int, list[bool]] = {}
+        for k in range(2 * n):
+            firsts.setdefault(k % n, []).append(model_speed._d2_first(k, n))
+        assert all(sorted(f) == [False, True] for f in firsts.values()), n
+        assert model_speed._d2_first(0, n) and not model_speed._d2_first(1, n)
 
 
 def test_stage_macs_count_the_box_head_linear_layers():
@@ -210,3 +290,16 @@ def test_tool_rejects_bad_arguments(argv, message, capsys):
         tool.main(["--config-file", SYNTHETIC, *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_load_input_files_raises_naming_the_path(tmp_path):
+    cfg = setup_cfg(SYNTHETIC, ["MODEL.WEIGHTS", ""])
+    with pytest.raises(InputError, match="nothing-here"):
+        load_input_files(cfg, [str(tmp_path / "nothing-here*.png")])
+
+
+def test_report_says_when_one_time_costs_are_timed():
+    lines = model_speed._protocol_lines({"warmup_rounds": 0, "warmup_inputs": [],
+                                         "size": [64, 96], "inputs": []})
+    assert lines == ["warm-up: none, so the first timed run of each model holds its one-time "
+                     "costs (for ours, a compiled TEST.RUNTIME's graph export and compile)"]
