@@ -218,6 +218,18 @@ def test_input_order_gives_every_file_both_orders():
         assert model_speed._d2_first(0, n) and not model_speed._d2_first(1, n)
 
 
+def test_tool_times_input_files_once_each_by_default(tmp_path, capsys):
+    png, jpg = _write_images(tmp_path)
+    tool = _load_tool()
+    assert tool.main(["--config-file", SYNTHETIC, "--input", png, jpg, "--no-limit", "--json",
+                      "MODEL.WEIGHTS", "", *SMALL_TEST_SIZE]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 2 and "limit" not in report
+    assert report["weights"].startswith("random (tamed)")  # the overrides after the files
+    assert [r["name"] for r in report["per_image"]] == [png, jpg]
+    assert [r["output_size"] for r in report["per_image"]] == [[40, 60], [48, 40]]
+
+
 def test_stage_macs_count_the_box_head_linear_layers():
     cfg = setup_cfg(SYNTHETIC, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",  # a small R-18
                                 "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS",
@@ -288,6 +300,38 @@ def test_tool_rejects_bad_arguments(argv, message, capsys):
     tool = _load_tool()
     with pytest.raises(SystemExit) as exc:
         tool.main(["--config-file", SYNTHETIC, *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "no match", "not an image", "empty folder",
+                                  "with --size", "with --combine-only", "negative warm-up",
+                                  "no file before the overrides"])
+def test_tool_names_a_bad_input(case, tmp_path, capsys):
+    png, _ = _write_images(tmp_path)
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not a JPEG")
+    (tmp_path / "empty").mkdir()
+    argv, message = {
+        "missing": (["--input", png, str(tmp_path / "gone.jpg")],
+                    f"{tmp_path / 'gone.jpg'}: no such file"),
+        "no match": (["--input", str(tmp_path / "*.webp")],
+                     f"{tmp_path / '*.webp'}: no such file, and no file matches it"),
+        "not an image": (["--input", str(tmp_path / "*.jpg")],
+                         f"--input {bad}: cannot read it as an image"),
+        "empty folder": (["--input", str(tmp_path / "empty")],
+                         f"{tmp_path / 'empty'}: folder has no image files"),
+        "with --size": (["--input", png, "--size", "64x64"],
+                        "--size does not apply with --input"),
+        "with --combine-only": (["--input", png, "--combine-only", "3"],
+                                "--input does not apply with --combine-only"),
+        "negative warm-up": (["--warmup", "-1"], "--warmup must be >= 0"),
+        "no file before the overrides": (["--input", "MODEL.DEVICE", "cpu"],
+                                         "--input: expected image files before the overrides"),
+    }[case]
+    tool = _load_tool()
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--config-file", SYNTHETIC, "MODEL.WEIGHTS", "", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
