@@ -23,20 +23,17 @@ from ..data import build_train_loader as build_safe_train_loader
 from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
-from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
+from ..evaluation.build import build_evaluator
 from ..modeling.loss_balancing import balancing_setting, check_resumed_balancing
 from ..utils.io import TEMP_SUFFIX
 from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
-from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
 from .schedule import check_schedule, resolve_epochs
 from .train_loop import PanopticTrainLoop, autocast_dtype_for
 from .weights import load_weights, trust_weights_file
 
-# MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
-__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "check_output_dir",
-           "evaluate_only", "remove_leftovers", "setup_cfg", "train"]
+__all__ = ["Trainer", "check_output_dir", "evaluate_only", "remove_leftovers", "train"]
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 from panoptic_ext.engine import weights as weights_mod
-from panoptic_ext.engine.checkpoint import AtomicCheckpointer, HeadShapeMismatch
-from panoptic_ext.engine.weights import WeightsError, load_weights, read_checkpoint
+from panoptic_ext.engine.checkpoint import AtomicCheckpointer
+from panoptic_ext.engine.weights import (
+    HeadShapeMismatch,
+    WeightsError,
+    load_weights,
+    read_checkpoint,
+)
 
 
 def _model(things: int = 2, stuff: int = 3) -> nn.Module:
