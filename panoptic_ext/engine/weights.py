@@ -323,14 +323,19 @@ def load_weights(
     unexpected = model.load_state_dict(state, strict=False).unexpected_keys
     report = _report(model, path, ours, set(state), shapes, unexpected)
     if report.loaded == 0:
-        raise WeightsError(
-            f"weights {path} hold no tensor of this model (the file has {len(theirs)}: "
-            f"{_listing(theirs, 5) or 'none'}; the model expects e.g. "
-            f"{_listing(list(ours), 3)}). Pass a checkpoint of this architecture as "
-            "MODEL.WEIGHTS"
-        )
+        raise _foreign(path, theirs, list(ours))
     _check_fit(report, purpose, allow_partial)
     return report
+
+
+def _foreign(path: str, theirs: list[str], ours: list[str]) -> WeightsError:
+    """The error for a file with no tensor of this model: both sides' names, so the mix-up
+    (another architecture, a state nested under another key) shows."""
+    return WeightsError(
+        f"weights {path} hold no tensor of this model (the file has {len(theirs)}: "
+        f"{_listing(theirs, 5) or 'none'}; the model expects e.g. {_listing(ours, 3)}). "
+        "Pass a checkpoint of this architecture as MODEL.WEIGHTS"
+    )
 
 
 def _no_weights(model: torch.nn.Module, purpose: str, allow_partial: bool) -> WeightsReport:
