@@ -25,27 +25,16 @@ from tqdm import tqdm
 from ..formats import (
     PanopticFormatError,
     describe_segment_mismatch,
-    id_to_rgb,
     load_panoptic_json,
     read_panoptic_png,
-    rgb_to_id,
     segment_mismatch,
 )
 from ..utils.io import atomic_writer
-from .metadata import THING_LABEL, VOID_LABEL, default_datasets_root, semantic_label_map
+from .metadata import VOID_LABEL, default_datasets_root, semantic_label_map
 
-# PanopticFormatError, id_to_rgb, rgb_to_id, semantic_label_map and the labels are re-exported:
-# they were defined here before panoptic_ext.formats / .metadata existed; old imports still work.
 __all__ = [
     "DEFAULT_SPLITS",
-    "THING_LABEL",
-    "VOID_LABEL",
-    "PanopticFormatError",
     "ConversionStats",
-    "default_datasets_root",
-    "id_to_rgb",
-    "rgb_to_id",
-    "semantic_label_map",
     "convert_panoptic_to_semantic",
     "prepare_coco_panoptic_fpn",
 ]

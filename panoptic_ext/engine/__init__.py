@@ -2,11 +2,11 @@
 its loop, hooks and checkpoints."""
 
 from ..evaluation.build import MetricsJSONWriter, build_panoptic_evaluators
-from .checkpoint import HeadShapeMismatch, check_head_shapes, checkpoint_to_load
+from .checkpoint import checkpoint_to_load
 from .defaults import panoptic_metadata, setup, setup_cfg
 from .hooks import TrainingInterrupted
 from .trainer import Trainer
-from .weights import WeightsError, load_weights
+from .weights import HeadShapeMismatch, WeightsError, check_head_shapes, load_weights
 
 __all__ = [
     "HeadShapeMismatch",

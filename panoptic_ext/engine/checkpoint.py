@@ -10,27 +10,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.io import WriteError, atomic_write, atomic_writer
-from .weights import (  # noqa: F401  (head checks kept importable from here)
-    HeadShapeMismatch,
-    check_head_shapes,
-    read_checkpoint,
-)
+from .weights import read_checkpoint
 
-__all__ = [
-    "AtomicCheckpointer",
-    "CheckpointSaveError",
-    "HeadShapeMismatch",
-    "atomic_write_bytes",
-    "check_head_shapes",
-    "checkpoint_to_load",
-]
+__all__ = ["AtomicCheckpointer", "CheckpointSaveError", "checkpoint_to_load"]
 
 logger = logging.getLogger(__name__)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Kept for old imports: :func:`panoptic_ext.utils.io.atomic_write` with ``durable``."""
-    atomic_write(path, data, durable=True)
 
 
 class CheckpointSaveError(OSError):

@@ -12,42 +12,37 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.solver import build_optimizer, get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data import SkippedSamplesHook, validate_cfg_datasets
 from ..data import build_train_loader as build_safe_train_loader
 from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
-from ..evaluation.build import MetricsJSONWriter, build_evaluator, build_panoptic_evaluators
+from ..evaluation.build import build_evaluator
 from ..modeling.loss_balancing import balancing_setting, check_resumed_balancing
 from ..utils.io import TEMP_SUFFIX
 from ..utils.locks import run_lock
 from .checkpoint import AtomicCheckpointer, checkpoint_to_load
-from .defaults import setup_cfg
 from .hooks import GracefulStop, LogWriter, TrainingInterrupted
 from .schedule import check_schedule, resolve_epochs
 from .train_loop import PanopticTrainLoop, autocast_dtype_for
 from .weights import load_weights, trust_weights_file
 
-# MetricsJSONWriter, build_panoptic_evaluators and setup_cfg are kept here for old imports.
-__all__ = ["MetricsJSONWriter", "Trainer", "build_panoptic_evaluators", "check_output_dir",
-           "evaluate_only", "remove_leftovers", "setup_cfg", "train"]
+__all__ = ["Trainer", "check_output_dir", "evaluate_only", "remove_leftovers", "train"]
 
 logger = logging.getLogger(__name__)
 
 
 def create_ddp_model(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    """DDP wrapper that also works on CPU (gloo): Detectron2 always passes
+    """Detectron2's DDP wrapper, also on CPU (gloo): by default it passes
     device_ids=[local_rank], which DDP rejects for a CPU module."""
-    if comm.get_world_size() == 1:
-        return model
     device_ids = [comm.get_local_rank()] if torch.device(device).type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return d2_create_ddp_model(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 class Trainer(DefaultTrainer):
@@ -56,35 +51,62 @@ class Trainer(DefaultTrainer):
     term; plus panoptic evaluators writing metrics.json per dataset."""
 
     def __init__(self, cfg: CfgNode):
+        # Not super().__init__(cfg): DefaultTrainer.__init__ wraps the model with Detectron2's
+        # create_ddp_model, which always passes device_ids=[local_rank]; torch refuses
+        # device_ids for a CPU module, so a multi-process CPU (gloo) run could not start, and
+        # no hook replaces that call. So these are DefaultTrainer.__init__'s steps in its
+        # order, each difference a named step: prepare_cfg, our create_ddp_model,
+        # build_train_loop, build_checkpointer. test_init_follows_detectron2 fails when
+        # Detectron2 changes its constructor, so such a change is ported here, not missed.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        # Epochs -> iterations first (a no-op on setup()'s resolved config), then the
-        # REFERENCE_WORLD_SIZE rescaling of those iterations.
-        cfg = resolve_epochs(cfg)
-        check_schedule(cfg)  # batch vs REFERENCE_WORLD_SIZE, warm-up vs training
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
-        device_type = torch.device(cfg.MODEL.DEVICE).type
-        autocast_dtype = autocast_dtype_for(cfg)  # bf16 only where the hardware has it
-
+        cfg = self.prepare_cfg(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        # This run's sampler (None for other samplers: then no exact data-order resume).
-        sampler = getattr(data_loader, "sampler", None)
-        self._sampler = sampler if isinstance(sampler, ResumableTrainingSampler) else None
         model = create_ddp_model(model, cfg.MODEL.DEVICE)
-        self._trainer = PanopticTrainLoop(
-            model, data_loader, optimizer, device_type=device_type, autocast_dtype=autocast_dtype
-        )
+        self._trainer = self.build_train_loop(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-                                               trust_file=trust_weights_file(cfg))
+        self.checkpointer = self.build_checkpointer(cfg, model)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def prepare_cfg(cls, cfg: CfgNode) -> CfgNode:
+        """The config this run trains with, checked before anything is built: epochs ->
+        iterations (a no-op on setup()'s resolved config), then Detectron2's
+        REFERENCE_WORLD_SIZE rescaling of those iterations; dataset names and files."""
+        cfg = resolve_epochs(cfg)
+        check_schedule(cfg)  # batch vs REFERENCE_WORLD_SIZE, warm-up vs training
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
+        autocast_dtype_for(cfg)  # SOLVER.AMP on this device: refused before the model is built
+        return cfg
+
+    @classmethod
+    def build_train_loop(cls, cfg: CfgNode, model: torch.nn.Module, data_loader,
+                         optimizer: torch.optim.Optimizer) -> PanopticTrainLoop:
+        """The per-iteration step (Detectron2's SimpleTrainer/AMPTrainer in DefaultTrainer):
+        autocast where SOLVER.AMP asks and the hardware has it (bf16 on CPU too), and a
+        non-finite loss named before anything is applied."""
+        return PanopticTrainLoop(model, data_loader, optimizer,
+                                 device_type=torch.device(cfg.MODEL.DEVICE).type,
+                                 autocast_dtype=autocast_dtype_for(cfg))
+
+    def build_checkpointer(self, cfg: CfgNode, model: torch.nn.Module) -> AtomicCheckpointer:
+        """Checkpoints written whole or not at all, read without running code from the file
+        unless the config trusts it; the trainer's state goes with them, as in Detectron2."""
+        return AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+                                  trust_file=trust_weights_file(cfg))
+
+    @property
+    def _sampler(self) -> ResumableTrainingSampler | None:
+        """The training loader's sampler when it can resume the data order, else None."""
+        sampler = getattr(self.data_loader, "sampler", None)
+        return sampler if isinstance(sampler, ResumableTrainingSampler) else None
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 from safetensors import safe_open
@@ -310,34 +310,85 @@ def load_weights(
     """
     model = getattr(model, "module", model)
     if not path:
-        if allow_partial:
-            logger.info(f"MODEL.WEIGHTS is empty: {purpose} starts from random weights")
-            return WeightsReport(path="", total=len(model.state_dict()))
-        raise WeightsError(
-            f"MODEL.WEIGHTS is empty: {purpose} needs trained weights, or its results come "
-            "from a random network. Pass MODEL.WEIGHTS /path/to/model_final.pth"
-        )
-    checkpointer = DetectionCheckpointer(model)
+        return _no_weights(model, purpose, allow_partial)
     checkpoint = read_checkpoint(path, trust_file=trust_file)
     check_head_shapes(model, checkpoint["model"], strict=not allow_partial, dataset=dataset,
                       source=path)
-    ours = model.state_dict()
     theirs = [str(k) for k in checkpoint["model"]]
-    given: set[str] = set()
-    load_state_dict = model.load_state_dict
+    ours = model.state_dict()
+    state = _matched_state(checkpoint, ours, path)
+    shapes = _pop_wrong_shapes(state, ours)
+    # `state` is what reaches the model; torch's missing_keys would undercount (FrozenBN fills
+    # in absent statistics silently), so the report counts from it.
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    report = _report(model, path, ours, set(state), shapes, unexpected)
+    if report.loaded == 0:
+        raise _foreign(path, theirs, list(ours))
+    _check_fit(report, purpose, allow_partial)
+    return report
 
-    def counting_load(state_dict, *args, **kwargs):
-        # What reaches the model after name matching and shape filtering (the missing_keys
-        # of torch undercount: FrozenBN fills in absent statistics silently).
-        given.update(state_dict)
-        return load_state_dict(state_dict, *args, **kwargs)
 
-    model.load_state_dict = counting_load
-    try:
-        incompatible = checkpointer._load_model(checkpoint)  # Detectron2's name matching
-    finally:
-        del model.load_state_dict
-    shapes = [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes]
+def _foreign(path: str, theirs: list[str], ours: list[str]) -> WeightsError:
+    """The error for a file with no tensor of this model: both sides' names, so the mix-up
+    (another architecture, a state nested under another key) shows."""
+    return WeightsError(
+        f"weights {path} hold no tensor of this model (the file has {len(theirs)}: "
+        f"{_listing(theirs, 5) or 'none'}; the model expects e.g. {_listing(ours, 3)}). "
+        "Pass a checkpoint of this architecture as MODEL.WEIGHTS"
+    )
+
+
+def _no_weights(model: torch.nn.Module, purpose: str, allow_partial: bool) -> WeightsReport:
+    """An empty MODEL.WEIGHTS: random weights are fine for training only."""
+    if allow_partial:
+        logger.info(f"MODEL.WEIGHTS is empty: {purpose} starts from random weights")
+        return WeightsReport(path="", total=len(model.state_dict()))
+    raise WeightsError(
+        f"MODEL.WEIGHTS is empty: {purpose} needs trained weights, or its results come "
+        "from a random network. Pass MODEL.WEIGHTS /path/to/model_final.pth"
+    )
+
+
+def _matched_state(checkpoint: Mapping[str, Any], ours: Mapping[str, torch.Tensor],
+                   path: str) -> dict[str, torch.Tensor]:
+    """The file's tensors under the model's names, as Detectron2's checkpointer matches them:
+    by its name heuristics where the file asks (model-zoo and Caffe2 files,
+    ``?matching_heuristics=True``), and without a DDP ``module.`` prefix."""
+    state = {}
+    for key, value in checkpoint["model"].items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"weights {path}: {key} holds a {type(value).__name__}, not a "
+                               "tensor or array")
+        state[key] = value
+    if checkpoint.get("matching_heuristics", False):
+        state = align_and_update_state_dicts(
+            ours, state, c2_conversion=checkpoint.get("__author__") == "Caffe2")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _pop_wrong_shapes(state: dict[str, torch.Tensor],
+                      ours: Mapping[str, torch.Tensor]) -> list[tuple[str, tuple, tuple]]:
+    """Remove from ``state`` the tensors whose shape differs from the model's (torch would
+    refuse the whole load); returns them as (name, file shape, model shape)."""
+    wrong = []
+    for key in [k for k in state if k in ours]:
+        if isinstance(ours[key], torch.nn.parameter.UninitializedParameter):
+            continue  # a lazy module takes any shape
+        theirs, mine = tuple(state[key].shape), tuple(ours[key].shape)
+        if theirs != mine:
+            wrong.append((key, theirs, mine))
+            del state[key]
+    return wrong
+
+
+def _report(model: torch.nn.Module, path: str, ours: Mapping[str, torch.Tensor],
+            given: set[str], shapes: list[tuple[str, tuple, tuple]],
+            unexpected: list[str]) -> WeightsReport:
+    """What the load did, counting the tensors that reached the model (``given``)."""
     wrong = {k for k, _, _ in shapes}
     # Tensors only training uses (learned loss weights) may be absent from a file made
     # without them (Detectron2's, a "fixed" run's): they keep their start values.
@@ -346,22 +397,23 @@ def load_weights(
     if absent_optional:
         logger.info(f"{path} has no {_listing(absent_optional)} (training-only tensors); "
                     "they keep their start values")
-    report = WeightsReport(
+    return WeightsReport(
         path=path, loaded=len(set(ours) & given), total=len(ours) - len(absent_optional),
         missing=[k for k in ours if k not in given and k not in wrong
                  and k not in absent_optional],
-        unexpected=list(incompatible.unexpected_keys), incorrect_shapes=shapes,
+        # Old Detectron2 files hold anchors that are now non-persistent buffers.
+        unexpected=[k for k in unexpected if "anchor_generator.cell_anchors" not in k],
+        incorrect_shapes=shapes,
     )
-    if report.loaded == 0:
-        raise WeightsError(
-            f"weights {path} hold no tensor of this model (the file has {len(theirs)}: "
-            f"{_listing(theirs, 5) or 'none'}; the model expects e.g. "
-            f"{_listing(list(ours), 3)}). Pass a checkpoint of this architecture as "
-            "MODEL.WEIGHTS"
-        )
+
+
+def _check_fit(report: WeightsReport, purpose: str, allow_partial: bool) -> None:
+    """A partial load is an error for ``purpose`` unless ``allow_partial`` (fine-tuning),
+    then a warning naming what starts from random weights."""
+    path, shapes = report.path, report.incorrect_shapes
     if not report.partial:
         logger.info(f"Loaded all {report.total} tensors of the model from {path} ({purpose})")
-        return report
+        return
     details = [f"{k}: file {a}, model {b}" for k, a, b in shapes]
     if report.missing:
         details.append(f"not in the file: {_listing(report.missing)}")
@@ -376,4 +428,3 @@ def load_weights(
         f"Partial load for {purpose}: {report.loaded} of {report.total} tensors from {path}; "
         f"the other {report.total - report.loaded} start from random weights:\n  {text}"
     )
-    return report

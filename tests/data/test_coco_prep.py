@@ -13,10 +13,7 @@ from panoptic_ext.data import (
     convert_panoptic_to_semantic,
     id_to_rgb,
     prepare_coco_panoptic_fpn,
-    rgb_to_id,
-    semantic_label_map,
 )
-from panoptic_ext.formats import PanopticFormatError as FormatsError
 from tests.helpers.data import load_script
 
 # Non-contiguous ids, things and stuff interleaved: stuff sorted by id is 3 -> 1, 11 -> 2.
@@ -77,18 +74,6 @@ def _make_coco(root, split="val2017", images=None):
 
 def _read(path):
     return np.array(Image.open(path))
-
-
-def test_old_names_are_the_shared_ones():
-    """coco_prep defined these before panoptic_ext.formats; old imports get the same objects."""
-    import panoptic_ext.formats as formats
-    from panoptic_ext.data import coco_prep, metadata
-
-    assert PanopticFormatError is FormatsError is coco_prep.PanopticFormatError
-    assert issubclass(PanopticFormatError, ValueError)  # `except ValueError` still catches it
-    assert (id_to_rgb, rgb_to_id) == (formats.id_to_rgb, formats.rgb_to_id)
-    assert semantic_label_map is metadata.semantic_label_map
-    assert semantic_label_map(CATEGORIES) == {2: 0, 7: 0, 3: 1, 11: 2}
 
 
 @pytest.mark.parametrize("workers", [1, 2])

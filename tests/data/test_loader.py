@@ -160,12 +160,6 @@ def test_resumable_sampler_continues_the_stream():
     assert resumed.seed == 7
 
 
-def test_old_import_paths_still_work():
-    from panoptic_ext.data import samplers
-
-    assert samplers.ResumableTrainingSampler is ResumableTrainingSampler
-
-
 def test_training_set_without_segments_is_named(cfg):
     from detectron2.data import DatasetCatalog
 

@@ -1,19 +1,22 @@
 """Training survives: SIGKILL + --resume, SIGTERM save-and-stop, interrupted checkpoint writes,
 exact data-order resume, non-finite losses named, and 2-process CPU (gloo) runs."""
 
+import ast
+import inspect
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import types
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import hooks
+from detectron2.engine import DefaultTrainer, hooks
 
 from panoptic_ext import add_panoptic_config
 from panoptic_ext.data import generate_synthetic_dataset, register_synthetic
@@ -54,6 +57,35 @@ def _wait_for(path, proc, timeout=300):
 def _logged_iterations(out):
     lines = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
     return [x["iteration"] for x in lines if "total_loss" in x]
+
+
+# What Trainer.__init__ mirrors (it cannot call it: see its comment). A failure here means
+# Detectron2 changed its constructor: port the change to Trainer.__init__, then update this.
+_DETECTRON2_INIT = [
+    "super().__init__()",
+    "logger = logging.getLogger('detectron2')",
+    "if not logger.isEnabledFor(logging.INFO):\n    setup_logger()",
+    "cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())",
+    "model = self.build_model(cfg)",
+    "optimizer = self.build_optimizer(cfg, model)",
+    "data_loader = self.build_train_loader(cfg)",
+    "model = create_ddp_model(model, broadcast_buffers=False)",
+    "self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, "
+    "data_loader, optimizer)",
+    "self.scheduler = self.build_lr_scheduler(cfg, optimizer)",
+    "self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, "
+    "trainer=weakref.proxy(self))",
+    "self.start_iter = 0",
+    "self.max_iter = cfg.SOLVER.MAX_ITER",
+    "self.cfg = cfg",
+    "self.register_hooks(self.build_hooks())",
+]
+
+
+def test_init_follows_detectron2():
+    source = textwrap.dedent(inspect.getsource(DefaultTrainer.__init__))
+    body = ast.parse(source).body[0].body
+    assert [ast.unparse(s) for s in body[1:]] == _DETECTRON2_INIT  # [0]: the docstring
 
 
 def test_sigkill_then_resume_reaches_final_without_gap(env, tmp_path):

@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 from panoptic_ext.engine import weights as weights_mod
-from panoptic_ext.engine.checkpoint import AtomicCheckpointer, HeadShapeMismatch
-from panoptic_ext.engine.weights import WeightsError, load_weights, read_checkpoint
+from panoptic_ext.engine.checkpoint import AtomicCheckpointer
+from panoptic_ext.engine.weights import (
+    HeadShapeMismatch,
+    WeightsError,
+    load_weights,
+    read_checkpoint,
+)
 
 
 def _model(things: int = 2, stuff: int = 3) -> nn.Module:
@@ -116,3 +121,18 @@ def test_resume_reads_through_the_same_reader(tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
     with pytest.raises(WeightsError, match="cannot read weights .*model_0000001.pth"):
         ckpt.resume_or_load("", resume=True)
+
+
+def test_ddp_saved_names_and_stray_tensors(tmp_path):
+    """A state saved from a DDP model ("module." names) loads as Detectron2 loads it; tensors
+    the model lacks are reported, not loaded."""
+    src = _model()
+    state = {f"module.{k}": v for k, v in src.state_dict().items()}
+    state["module.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": state}, path)
+    dst = _model()
+    report = load_weights(dst, str(path), purpose="evaluation")
+    assert report.loaded == report.total == 6 and report.unexpected == ["extra.weight"]
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v)
