@@ -23,6 +23,7 @@ from ..data import build_train_loader as build_safe_train_loader
 from ..data.augment import PanopticDatasetMapper
 from ..data.loader import ResumableTrainingSampler, train_dataset_dicts
 from ..data.validate import check_dataset_names
+from ..deploy.runtime import attach_runtime
 from ..evaluation.build import build_evaluator
 from ..modeling.loss_balancing import balancing_setting, check_resumed_balancing
 from ..utils.io import TEMP_SUFFIX
@@ -85,6 +86,12 @@ class Trainer(DefaultTrainer):
         validate_cfg_datasets(cfg)  # names registered; files present, decodable, consistent
         autocast_dtype_for(cfg)  # SOLVER.AMP on this device: refused before the model is built
         return cfg
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """Detectron2's model with TEST.RUNTIME attached, for the evaluations the trainer runs
+        (periodic and --eval-only); training steps never call the dense runner."""
+        return attach_runtime(super().build_model(cfg), cfg)
 
     @classmethod
     def build_train_loop(cls, cfg: CfgNode, model: torch.nn.Module, data_loader,
