@@ -79,9 +79,13 @@ def test_raw_body_and_rle(server, images, demo_outputs):
 
 
 def test_merge_thresholds_per_request(server, images):
+    """A request's merge settings apply to it alone. The model trains 2 random iterations, so
+    its default answer may hold no stuff: a limit of 0 gives every predicted stuff label one."""
     default = _post(server.url, images[0])
-    stuff = [s for s in default["segments_info"] if not s["isthing"]]
-    assert stuff, "the tiny model should find stuff on a synthetic image"
+    every = _post(server.url, images[0], "?stuff_area_limit=0")
+    stuff = [s for s in every["segments_info"] if not s["isthing"]]
+    assert stuff, "the tiny model should predict some stuff on a synthetic image"
+    assert every["merge"] == {"stuff_area_limit": 0}
     limit = max(s["area"] for s in stuff) + 1  # every stuff region is now too small
     body = _post(server.url, images[0], f"?stuff_area_limit={limit}")
     assert body["merge"] == {"stuff_area_limit": limit}
