@@ -75,6 +75,15 @@ def available_runtimes() -> list[str]:
 
 
 _fallback_logged: set[str] = set()
+# oneDNN's ISA cap (e.g. ONEDNN_MAX_CPU_ISA=AVX2, to emulate an older CPU): OpenVINO 2026.4's
+# CPU plugin then segfaults on its first inference of the dense graph, which "auto" cannot catch
+_ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+
+
+def _log_once(key: str, message: str) -> None:
+    if key not in _fallback_logged:
+        _fallback_logged.add(key)
+        logger.warning(message)
 
 
 def resolve_runtime(runtime: str, device_type: str) -> str:
@@ -87,10 +96,9 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
     if runtime == "torch":
         return "torch"
     if device_type != "cpu":
-        if runtime != "auto" and runtime not in _fallback_logged:
-            _fallback_logged.add(runtime)
-            logger.warning(f"TEST.RUNTIME={runtime!r} runs on CPU only; using torch on "
-                           f"{device_type}")
+        if runtime != "auto":
+            _log_once(runtime, f"TEST.RUNTIME={runtime!r} runs on CPU only; using torch on "
+                      f"{device_type}")
         return "torch"
     installed = available_runtimes()
     if runtime == "auto":
@@ -100,13 +108,20 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
                 raise ValueError(f"environment variable {AUTO_RUNTIME_ENV}={forced!r}: must be one "
                                  f"of {list(RUNTIMES)} (or unset)")
             return resolve_runtime(forced, device_type)
+        if "openvino" in installed and os.environ.get(_ISA_CAP_ENV):
+            installed.remove("openvino")
+            _log_once("isa-cap", f"TEST.RUNTIME auto: {_ISA_CAP_ENV} is set, and OpenVINO's CPU "
+                      "plugin crashes (segmentation fault) under it; using "
+                      f"{installed[0] if installed else 'torch'} instead")
         return installed[0] if installed else "torch"
     if runtime not in installed:
-        if runtime not in _fallback_logged:
-            _fallback_logged.add(runtime)
-            logger.warning(f"TEST.RUNTIME={runtime!r}: {runtime} is not importable; "
-                           "falling back to torch (pip install -r requirements.txt)")
+        _log_once(runtime, f"TEST.RUNTIME={runtime!r}: {runtime} is not importable; falling "
+                  "back to torch (pip install -r requirements.txt)")
         return "torch"
+    if runtime == "openvino" and os.environ.get(_ISA_CAP_ENV):
+        raise ValueError(f"TEST.RUNTIME openvino: OpenVINO's CPU plugin crashes (segmentation "
+                         f"fault) while {_ISA_CAP_ENV} is set; unset it, or use TEST.RUNTIME "
+                         "auto / onnxruntime / torch")
     return runtime
 
 
@@ -178,10 +193,8 @@ class CompiledRuntime:
             self._blob_key = key
         t1 = time.perf_counter()
         threads = torch.get_num_threads()
-        ort_bf16 = self.runtime == "onnxruntime" and self.precision == "bf16"
-        if ort_bf16 and "bf16" not in _fallback_logged:
-            _fallback_logged.add("bf16")
-            logger.warning("TEST.PRECISION=bf16: ONNX Runtime's CPU provider runs fp32")
+        if self.runtime == "onnxruntime" and self.precision == "bf16":
+            _log_once("bf16", "TEST.PRECISION=bf16: ONNX Runtime's CPU provider runs fp32")
         self._engines = {k: Session(self.runtime, b, self.precision, threads)
                          for k, b in self._blobs.items()}
         logger.info(f"TEST.RUNTIME {self.runtime} ({self.precision}): graphs exported in "

@@ -135,6 +135,13 @@ def test_auto_picks_the_fastest_installed_runtime(monkeypatch):
     assert resolve_runtime("openvino", "cpu") == "torch"  # not installed (as patched)
     monkeypatch.setenv(runtime.AUTO_RUNTIME_ENV, "onnxruntime")
     assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    monkeypatch.setattr(runtime, "available_runtimes", lambda: ["openvino", "onnxruntime"])
+    monkeypatch.delenv(runtime.AUTO_RUNTIME_ENV)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # OpenVINO segfaults under the cap
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    with pytest.raises(ValueError, match="TEST.RUNTIME openvino.*ONEDNN_MAX_CPU_ISA"):
+        resolve_runtime("openvino", "cpu")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv(runtime.AUTO_RUNTIME_ENV, "tensorrt")
     with pytest.raises(ValueError, match=f"{runtime.AUTO_RUNTIME_ENV}='tensorrt'"):
         resolve_runtime("auto", "cpu")
