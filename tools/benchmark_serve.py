@@ -9,11 +9,15 @@ dynamic batching, against one request at a time on the same model, in one run.
 import argparse
 import glob
 import json
+import os
 import shlex
 import sys
 
-from panoptic_ext.cli import parse_args_and_overrides
-from panoptic_ext.serve.benchmark import DEFAULT_IMAGES, format_report, run_benchmark
+# benchmarks/ is not installed: import it from the checkout this script sits in
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.serve_speed import DEFAULT_IMAGES, format_report, run_benchmark  # noqa: E402
+from panoptic_ext.cli import parse_args_and_overrides  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,6 @@
-"""The model's parts as ONNX graphs: what `export.py` writes to files and what `runtime.py`
-compiles in memory for TEST.RUNTIME.
-
-`DenseGraph` is backbone + FPN, the semantic head and the RPN head in one graph (dynamic height
-and width); `RoiHeadGraph` is a box or mask head, optionally with its per-level ROIAlign (as
-ONNX RoiAlign ops, dynamic box counts). Everything data-dependent (anchors, top-k, NMS, box
-decoding, pasting, the merge) stays outside the graphs. Norms are folded into the convolutions
-(MODEL.PANOPTIC_EXT.FUSE_NORM) while tracing, so the graphs hold plain convolutions.
+"""The model's parts as ONNX graphs, for `export.py` (files) and `runtime.py` (in memory).
+Everything data-dependent (anchors, top-k, NMS, box decoding, pasting, the merge) stays outside
+the graphs; norms are folded into the convolutions while tracing (FUSE_NORM).
 """
 
 from __future__ import annotations

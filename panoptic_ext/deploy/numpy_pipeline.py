@@ -4,14 +4,9 @@ ONNX Runtime / OpenVINO session both TEST.RUNTIME and the exported runner compil
 Imports neither torch nor the rest of the package (numpy; onnxruntime or openvino when a session
 is opened), so `tools/export_model.py --format onnx` copies it next to the model as it is.
 
-Three graphs (see `export.export_onnx`): ``dense.onnx`` (backbone + FPN, semantic head with its
-final upsampling, RPN head; dynamic height/width), ``box_head.onnx`` and ``mask_head.onnx``
-(ROIAlign per FPN level as ONNX RoiAlign ops, then the head; dynamic box counts). Between them
-this module does, in numpy, what Detectron2 does in torch: anchors, box decoding, per-level
-top-k, NMS (torchvision's greedy algorithm and its batched variants, float32 IoU),
-box-to-level assignment, softmax / score threshold / per-class NMS, mask pasting (grid_sample's
-bilinear weights) and the panoptic merge (Detectron2's heuristic). Each step mirrors the eager
-model's float32 operations; tests/deploy/test_numpy_pipeline.py pins each against its torch
+Around the three graphs of `export.export_onnx` it does in numpy what Detectron2 does in torch
+(anchors, box decoding, top-k, torchvision's NMS, level assignment, mask pasting, the merge),
+step for step in float32; tests/deploy/test_numpy_pipeline.py pins each step against its torch
 reference.
 """
 

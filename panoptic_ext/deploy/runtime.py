@@ -311,8 +311,6 @@ class CompiledRuntime:
         return patches
 
 
-
-
 class DenseRunner:
     """The dense-part call `PanopticFPNExt` takes (`model.dense_runner`): TEST.RUNTIME
     resolved on the model's device, a `CompiledRuntime` made on the first call and remade when

@@ -1,11 +1,12 @@
-"""tools/benchmark_serve.py's parts on the package's server: images, a load run, the report."""
+"""benchmarks/serve_speed.py (tools/benchmark_serve.py) on the package's server: images, a load
+run, the report."""
 
 import io
 
 import pytest
 from PIL import Image
 
-from panoptic_ext.serve.benchmark import LoadResult, format_report, make_images, run_load
+from benchmarks.serve_speed import LoadResult, format_report, make_images, run_load
 
 
 def test_drawn_images_when_no_files():

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .process import ServerProcess
+from panoptic_ext.serve.process import ServerProcess
 
 __all__ = ["LoadResult", "format_report", "make_images", "run_benchmark", "run_load"]
 
