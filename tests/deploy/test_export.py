@@ -19,6 +19,14 @@ from panoptic_ext.data import rgb_to_id
 from tests.helpers.tools import SYNTHETIC_CONFIG, synthetic_cfg, tool_main, val_images
 
 
+def _eager_predictor(opts):
+    """DefaultPredictor on the model of `opts`, and contiguous -> dataset ids by isthing."""
+    cfg = synthetic_cfg(opts)
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    to_dataset = {True: {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
+                  False: {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}}
+    return DefaultPredictor(cfg), to_dataset
+
 def _export(out, images, opts, *extra) -> int:
     """tools/export_model.py into `out`, traced on the first image: its exit code."""
     return tool_main("export_model.py")(["--config-file", SYNTHETIC_CONFIG, "--output",
@@ -75,11 +83,7 @@ def test_export_matches_eager_and_runs_without_detectron2(tiny_root, tiny_opts, 
 
     # ... gives the eager model's panoptic result (run as DefaultPredictor runs it, which the
     # runner's resize follows): same map, same segments
-    cfg = synthetic_cfg(opts)
-    predictor = DefaultPredictor(cfg)
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-    to_dataset = {True: {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
-                  False: {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}}
+    predictor, to_dataset = _eager_predictor(opts)
     preds = json.loads((res / "predictions.json").read_text())
     things = 0
     for path, ann in zip(inputs, preds["annotations"], strict=True):
@@ -134,11 +138,7 @@ def test_onnx_export_runs_without_torch_and_matches_eager(tiny_root, tiny_opts, 
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
     # ... gives the eager model's panoptic result on >= 99.9% of the pixels, dataset ids
-    cfg = synthetic_cfg(opts)
-    predictor = DefaultPredictor(cfg)
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-    to_dataset = {True: {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
-                  False: {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}}
+    predictor, to_dataset = _eager_predictor(opts)
     preds = json.loads((res / "predictions.json").read_text())
     assert [a["file_name"] for a in preds["annotations"]] == [
         os.path.splitext(os.path.basename(p))[0] + ".png" for p in inputs[:-1]]
