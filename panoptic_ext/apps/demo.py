@@ -319,7 +319,7 @@ class PanopticDemo:
             stem = os.path.splitext(os.path.basename(path))[0]
             write_panoptic_png(os.path.join(output, "panoptic", stem + ".png"), ids)
             runner_io.save_image(self.draw(image, predictions),
-                                   os.path.join(output, runner_io.picture_name(path)))
+                                 os.path.join(output, runner_io.picture_name(path)))
             annotations.append(
                 {
                     "image_id": stem,

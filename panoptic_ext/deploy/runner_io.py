@@ -55,7 +55,7 @@ __all__ = [
 def to_8bit(img: Image.Image) -> Image.Image:
     """An 8-bit image of any PIL mode without clipping (PIL's convert saturates 16/32-bit):
     16-bit (I;16*) scaled by the dtype's range (v * 255 / 65535); I and F by the image's own
-    min..max unless already within 0..255. Same rule as panoptic_ext.apps.demo.to_8bit."""
+    min..max unless already within 0..255. The demo uses this same rule."""
     if img.mode.startswith("I;16"):
         a = np.asarray(img).astype(np.float64) * (255.0 / 65535.0)
     elif img.mode in ("I", "F"):

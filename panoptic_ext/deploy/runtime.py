@@ -28,6 +28,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from ..modeling.meta_arch import DenseOutputs
+from ..modeling.precision import onednn_isa_cap
 from .graphs import (
     DenseGraph,
     RoiHeadGraph,
@@ -75,8 +76,8 @@ def available_runtimes() -> list[str]:
 
 
 _fallback_logged: set[str] = set()
-# oneDNN's ISA cap (e.g. ONEDNN_MAX_CPU_ISA=AVX2, to emulate an older CPU): OpenVINO 2026.4's
-# CPU plugin then segfaults on its first inference of the dense graph, which "auto" cannot catch
+# Under oneDNN's ISA cap (e.g. ONEDNN_MAX_CPU_ISA=AVX2, to emulate an older CPU), OpenVINO
+# 2026.4's CPU plugin segfaults on its first inference of the dense graph: "auto" cannot catch it
 _ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
 
 
@@ -108,7 +109,7 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
                 raise ValueError(f"environment variable {AUTO_RUNTIME_ENV}={forced!r}: must be one "
                                  f"of {list(RUNTIMES)} (or unset)")
             return resolve_runtime(forced, device_type)
-        if "openvino" in installed and os.environ.get(_ISA_CAP_ENV):
+        if "openvino" in installed and onednn_isa_cap():
             installed.remove("openvino")
             _log_once("isa-cap", f"TEST.RUNTIME auto: {_ISA_CAP_ENV} is set, and OpenVINO's CPU "
                       "plugin crashes (segmentation fault) under it; using "
@@ -118,7 +119,7 @@ def resolve_runtime(runtime: str, device_type: str) -> str:
         _log_once(runtime, f"TEST.RUNTIME={runtime!r}: {runtime} is not importable; falling "
                   "back to torch (pip install -r requirements.txt)")
         return "torch"
-    if runtime == "openvino" and os.environ.get(_ISA_CAP_ENV):
+    if runtime == "openvino" and onednn_isa_cap():
         raise ValueError(f"TEST.RUNTIME openvino: OpenVINO's CPU plugin crashes (segmentation "
                          f"fault) while {_ISA_CAP_ENV} is set; unset it, or use TEST.RUNTIME "
                          "auto / onnxruntime / torch")

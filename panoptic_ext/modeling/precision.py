@@ -59,6 +59,13 @@ def _cpu_flags() -> frozenset[str] | None:
     return None  # not Linux: oneDNN's own check decides
 
 
+def onednn_isa_cap() -> str | None:
+    """oneDNN's instruction-set cap from the environment (ONEDNN_MAX_CPU_ISA, or its old name
+    DNNL_MAX_CPU_ISA), upper case; None when unset or ALL. The one place it is read."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    return None if cap in ("", "ALL") else cap
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether `device_type` computes bf16 in hardware (CPU: avx512_bf16 or AMX, and oneDNN not
     capped below them by ONEDNN_MAX_CPU_ISA)."""
@@ -68,8 +75,7 @@ def native_bf16(device_type: str) -> bool:
         return True
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL"))
-    if cap.upper() not in _BF16_ISAS:
+    if (onednn_isa_cap() or "ALL") not in _BF16_ISAS:
         return False
     flags = _cpu_flags()
     return flags is None or bool({"avx512_bf16", "amx_bf16"} & flags)
