@@ -60,21 +60,21 @@ def test_twins_replace_their_iteration_keys_and_steps_keep_their_fractions(mixed
     assert cfg.SOLVER.STEPS == (7, 9)  # nearest to 2 * 7 / 2 and 2.5 * 7 / 2 = 8.75
     assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD) == \
         (2, 4, 7)
-    # No twins: the YAML's STEPS (190,) of MAX_ITER 240 stay at 190/240 of training, warmup
+    # No twins: the YAML's STEPS (171,) of MAX_ITER 216 stay at 171/216 of training, warmup
     # and periods stay in iterations.
     plain = setup_cfg(CONFIG, _opts())
     assert plain.SOLVER.STEPS_EPOCHS == (2.375,)
     plain = resolve_epochs(plain)
     assert plain.SOLVER.STEPS == (8,)  # 2.375 * 7 / 2 = 8.3
-    assert (plain.SOLVER.WARMUP_ITERS, plain.SOLVER.CHECKPOINT_PERIOD) == (50, 40)
+    assert (plain.SOLVER.WARMUP_ITERS, plain.SOLVER.CHECKPOINT_PERIOD) == (45, 40)
 
 
 def test_conflicting_or_incomplete_keys_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"SOLVER.EPOCHS 12 and SOLVER.MAX_ITER 240"):
+    with pytest.raises(ValueError, match=r"SOLVER.EPOCHS 12 and SOLVER.MAX_ITER 216"):
         setup_cfg(CONFIG, ["SOLVER.EPOCHS", "12"])
     yaml = tmp_path / "epochs.yaml"  # a config in epochs that inherits iteration STEPS
     yaml.write_text(f"_BASE_: {CONFIG}\nSOLVER:\n  MAX_ITER: 0\n  EPOCHS: 12\n")
-    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(190,\).*SOLVER.STEPS_EPOCHS"):
+    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(171,\).*SOLVER.STEPS_EPOCHS"):
         setup_cfg(str(yaml))
     assert setup_cfg(str(yaml), ["SOLVER.STEPS", "()"]).SOLVER.STEPS_EPOCHS == ()
     with pytest.raises(ValueError, match=r"SOLVER.STEPS_EPOCHS \(13,\)"):

@@ -1,0 +1,138 @@
+"""What this CPU's cores give the model: images/s of one process using every thread against
+several single-threaded processes side by side, one image per call and in batches.
+
+The serving throughput target (dynamic batching against one request at a time) is bounded by
+it: where two single-threaded processes together are no faster than one process with two
+threads, the cores do not add up (e.g. two vCPUs on one physical core), and no arrangement of
+requests, threads or replicas can beat what batching itself saves in arithmetic.
+
+    python benchmarks/cpu_scaling.py --config-file configs/Synthetic/panoptic_fpn_R_50.yaml \\
+        --size 512 MODEL.WEIGHTS output/demo/model_final.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# (processes, threads per process, images per model call)
+SETTINGS = ((1, 0, 1), (1, 0, 8), (1, 1, 1), (0, 1, 1), (0, 1, 8))
+
+
+def _worker(config: str, opts: Sequence[str], threads: int, batch: int, images: list,
+            rounds: int, barrier: Any, out: Any) -> None:
+    """One process: build the model with `threads` threads, warm it, wait for the others,
+    then time `rounds` passes over `images`, `batch` images per model call (the server's
+    path: predict_batch, then the COCO id map and segments)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from panoptic_ext.apps.demo import PanopticDemo
+    from panoptic_ext.engine.defaults import setup_cfg
+
+    demo = PanopticDemo(setup_cfg(config, list(opts), eval_only=True))
+    for image in images[:2]:
+        demo.coco(demo.predict(image))
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for k in range(0, len(images), batch):
+            for p in demo.predict_batch(images[k:k + batch]):
+                demo.coco(p)
+    out.put(time.perf_counter() - t0)
+
+
+def run_scaling(config: str, opts: Sequence[str], images: list, rounds: int = 2
+                ) -> list[dict[str, Any]]:
+    """Images/s of each setting in SETTINGS (0 processes: one per core; 0 threads: every
+    core), each run in fresh processes."""
+    cores = os.cpu_count() or 1
+    ctx = mp.get_context("spawn")
+    rows = []
+    for procs, threads, batch in SETTINGS:
+        procs, threads = procs or cores, threads or cores
+        barrier, out = ctx.Barrier(procs), ctx.Queue()
+        workers = [ctx.Process(target=_worker, args=(config, opts, threads, batch, images,
+                                                     rounds, barrier, out))
+                   for _ in range(procs)]
+        for w in workers:
+            w.start()
+        seconds = [out.get(timeout=1800) for _ in workers]
+        for w in workers:
+            w.join()
+        done = procs * rounds * len(images)
+        rows.append({"processes": procs, "threads": threads, "batch": batch,
+                     "images_per_s": done / max(seconds)})
+    return rows
+
+
+def _spin(n: int, barrier: Any, out: Any) -> None:
+    """A pure-Python loop: integer work that needs no vector unit."""
+    barrier.wait()
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    out.put(time.perf_counter() - t0)
+
+
+def python_loop_scaling(n: int = 20_000_000) -> float:
+    """The control: how much more of a pure-Python loop's work one process per core gets done
+    than one process, in the same time; near the core count where the cores are real."""
+    cores = os.cpu_count() or 1
+    ctx = mp.get_context("spawn")
+    rates = []
+    for procs in (1, cores):
+        barrier, out = ctx.Barrier(procs), ctx.Queue()
+        workers = [ctx.Process(target=_spin, args=(n, barrier, out)) for _ in range(procs)]
+        for w in workers:
+            w.start()
+        seconds = max(out.get(timeout=600) for _ in workers)
+        for w in workers:
+            w.join()
+        rates.append(procs * n / seconds)
+    return rates[1] / rates[0]
+
+
+def format_scaling(rows: list[dict[str, Any]]) -> str:
+    base = rows[0]["images_per_s"]
+    lines = ["| processes x threads | images per call | images/s | x first row |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['processes']} x {r['threads']} | {r['batch']} | {r['images_per_s']:.2f} | "
+              f"{r['images_per_s'] / base:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--images", default="datasets/synthetic_panoptic/val/*.jpg")
+    parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512, help="images resized to SIZE x SIZE")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    import cv2
+
+    files = sorted(glob.glob(args.images))[:args.num_images]
+    if not files:
+        parser.error(f"--images {args.images!r} matches no file (run `make demo` first, or "
+                     "point it at your own images)")
+    images = [cv2.resize(cv2.imread(f), (args.size, args.size)) for f in files]
+    print(format_scaling(run_scaling(args.config_file, args.opts, images, args.rounds)))
+    print(f"control: a pure-Python loop gets {python_loop_scaling():.2f}x the work of one "
+          f"process done with {os.cpu_count()} processes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
