@@ -16,6 +16,7 @@ import argparse
 import glob
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from collections.abc import Sequence
@@ -51,27 +52,41 @@ def _worker(config: str, opts: Sequence[str], threads: int, batch: int, images: 
     out.put(time.perf_counter() - t0)
 
 
+def _side_by_side(target: Any, args: tuple, procs: int) -> float:
+    """Seconds until the slowest of `procs` fresh processes running `target(*args, barrier,
+    out)` side by side is done (each starts timing at the shared barrier)."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    seconds: list[float] = []
+    while len(seconds) < procs:  # a worker that dies (bad config, no memory) ends the run
+        try:
+            seconds.append(out.get(timeout=1.0))
+        except queue.Empty:
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                for w in workers:
+                    w.terminate()
+                raise RuntimeError(f"a benchmark process exited with code {failed[0]} (its "
+                                   "error is printed above)") from None
+    for w in workers:
+        w.join()
+    return max(seconds)
+
+
 def run_scaling(config: str, opts: Sequence[str], images: list, rounds: int = 2
                 ) -> list[dict[str, Any]]:
     """Images/s of each setting in SETTINGS (0 processes: one per core; 0 threads: every
     core), each run in fresh processes."""
     cores = os.cpu_count() or 1
-    ctx = mp.get_context("spawn")
     rows = []
     for procs, threads, batch in SETTINGS:
         procs, threads = procs or cores, threads or cores
-        barrier, out = ctx.Barrier(procs), ctx.Queue()
-        workers = [ctx.Process(target=_worker, args=(config, opts, threads, batch, images,
-                                                     rounds, barrier, out))
-                   for _ in range(procs)]
-        for w in workers:
-            w.start()
-        seconds = [out.get(timeout=1800) for _ in workers]
-        for w in workers:
-            w.join()
-        done = procs * rounds * len(images)
+        seconds = _side_by_side(_worker, (config, opts, threads, batch, images, rounds), procs)
         rows.append({"processes": procs, "threads": threads, "batch": batch,
-                     "images_per_s": done / max(seconds)})
+                     "images_per_s": procs * rounds * len(images) / seconds})
     return rows
 
 
@@ -89,18 +104,8 @@ def python_loop_scaling(n: int = 20_000_000) -> float:
     """The control: how much more of a pure-Python loop's work one process per core gets done
     than one process, in the same time; near the core count where the cores are real."""
     cores = os.cpu_count() or 1
-    ctx = mp.get_context("spawn")
-    rates = []
-    for procs in (1, cores):
-        barrier, out = ctx.Barrier(procs), ctx.Queue()
-        workers = [ctx.Process(target=_spin, args=(n, barrier, out)) for _ in range(procs)]
-        for w in workers:
-            w.start()
-        seconds = max(out.get(timeout=600) for _ in workers)
-        for w in workers:
-            w.join()
-        rates.append(procs * n / seconds)
-    return rates[1] / rates[0]
+    one, many = (procs * n / _side_by_side(_spin, (n,), procs) for procs in (1, cores))
+    return many / one
 
 
 def format_scaling(rows: list[dict[str, Any]]) -> str:

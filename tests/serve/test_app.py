@@ -80,16 +80,24 @@ def test_raw_body_and_rle(server, images, demo_outputs):
 
 def test_merge_thresholds_per_request(server, images):
     """A request's merge settings apply to it alone. The model trains 2 random iterations, so
-    its default answer may hold no stuff: a limit of 0 gives every predicted stuff label one."""
+    its answer may hold no things or no stuff: the test checks each kind it has. A confidence
+    threshold of 1.0 removes every thing; a stuff area limit above every stuff region removes
+    the stuff (a limit of 0 first gives every predicted stuff label a region)."""
     default = _post(server.url, images[0])
+    things = [s for s in default["segments_info"] if s["isthing"]]
     every = _post(server.url, images[0], "?stuff_area_limit=0")
-    stuff = [s for s in every["segments_info"] if not s["isthing"]]
-    assert stuff, "the tiny model should predict some stuff on a synthetic image"
     assert every["merge"] == {"stuff_area_limit": 0}
-    limit = max(s["area"] for s in stuff) + 1  # every stuff region is now too small
-    body = _post(server.url, images[0], f"?stuff_area_limit={limit}")
-    assert body["merge"] == {"stuff_area_limit": limit}
-    assert not [s for s in body["segments_info"] if not s["isthing"]]
+    stuff = [s for s in every["segments_info"] if not s["isthing"]]
+    assert things or stuff, "the tiny model should predict something on a synthetic image"
+    if things:
+        body = _post(server.url, images[0], "?instances_confidence_thresh=1.0")
+        assert body["merge"] == {"instances_confidence_thresh": 1.0}
+        assert not [s for s in body["segments_info"] if s["isthing"]]
+    if stuff:
+        limit = max(s["area"] for s in stuff) + 1  # every stuff region is now too small
+        body = _post(server.url, images[0], f"?stuff_area_limit={limit}")
+        assert body["merge"] == {"stuff_area_limit": limit}
+        assert not [s for s in body["segments_info"] if not s["isthing"]]
     assert _post(server.url, images[0]) == default  # the next request has the defaults again
 
 
