@@ -25,6 +25,7 @@ from ..deploy.runtime import attach_runtime
 from ..engine.defaults import panoptic_metadata
 from ..engine.weights import load_weights, trust_weights_file
 from ..formats import id_to_rgb, write_panoptic_png
+from ..modeling.meta_arch import PanopticFPNExt
 from ..utils.io import atomic_write_json
 from ..utils.paths import check_output_file, refuse_replacing_inputs
 
@@ -176,7 +177,9 @@ class PanopticDemo:
 
     def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """One model call for several images, each prepared as DefaultPredictor does (resize,
-        channel order); the server batches with it, the demo calls it with one image."""
+        channel order); the server batches with it, the demo calls it with one image. Both use
+        only "panoptic_seg", so our model is asked for that alone (it then skips the full-size
+        semantic logits and the masks the merge does not read; the panoptic result is the same)."""
         p = self.predictor
         inputs = []
         for image in images_bgr:
@@ -187,6 +190,8 @@ class PanopticDemo:
             tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
             inputs.append({"image": tensor.to(p.cfg.MODEL.DEVICE), "height": h, "width": w})
         with torch.no_grad():
+            if isinstance(p.model, PanopticFPNExt):
+                return p.model.inference(inputs, outputs=("panoptic_seg",))
             return p.model(inputs)
 
     def coco(self, predictions: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -31,6 +31,7 @@ __all__ = [
     "convert_channels_last",
     "float_outputs",
     "foldable",
+    "masks_above",
     "parallel_roi_align",
     "shadowed",
 ]
@@ -272,3 +273,30 @@ def parallel_roi_align(poolers: Iterable[nn.Module | None], threads: int) -> lis
             for pooler in poolers if pooler is not None
             for align in getattr(pooler, "level_poolers", [])
             if hasattr(align, "aligned")]
+
+
+# ---- mask head on the instances the merge reads ----------------------------------------------
+
+
+def masks_above(roi_heads: nn.Module, score_thresh: float) -> list[Patch]:
+    """A patch (for `shadowed`) running the ROI heads' inference mask branch (ROIAlign and
+    mask head) only on the instances scoring at least `score_thresh`, the only ones the
+    panoptic merge reads; the others keep their index and get all-zero masks. Each instance's
+    mask is computed on its own box, so the masks the merge reads are the same numbers."""
+    if not getattr(roi_heads, "mask_on", False) or not hasattr(roi_heads, "_forward_mask"):
+        return []
+    branch = roi_heads._forward_mask
+
+    def forward_mask(features: dict[str, torch.Tensor], instances: list) -> list:
+        keeps = [inst.scores >= score_thresh for inst in instances]
+        if all(bool(k.all()) for k in keeps):
+            return branch(features, instances)
+        kept = branch(features, [inst[k] for inst, k in zip(instances, keeps, strict=True)])
+        for inst, keep, sub in zip(instances, keeps, kept, strict=True):
+            masks = sub.pred_masks
+            full = masks.new_zeros((len(inst), *masks.shape[1:]))
+            full[keep] = masks
+            inst.pred_masks = full
+        return instances
+
+    return [(roi_heads, "_forward_mask", forward_mask)]

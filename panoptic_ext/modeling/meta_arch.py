@@ -29,6 +29,7 @@ from .inference_opts import (
     Patch,
     convert_channels_last,
     float_outputs,
+    masks_above,
     parallel_roi_align,
     shadowed,
 )
@@ -235,13 +236,15 @@ class PanopticFPNExt(GeneralizedRCNN):
         network's input scale, as Detectron2's PanopticFPN does.
         """
         wanted = self._check_outputs(self.outputs if outputs is None else outputs)
-        net = self._run_network(batched_inputs, full_sem=not do_postprocess or "sem_seg" in wanted)
+        thresh = self._mask_score_thresh()
+        net = self._run_network(batched_inputs, full_sem=not do_postprocess or "sem_seg" in wanted,
+                                mask_thresh=thresh if do_postprocess and wanted == (
+                                    "panoptic_seg",) else None)
         if not do_postprocess:
             return net.detections, net.sem_full
         results = []
         for i, inp in enumerate(batched_inputs):
-            out, combine_inputs = self._postprocess(net, i, inp, wanted,
-                                                    self._mask_score_thresh())
+            out, combine_inputs = self._postprocess(net, i, inp, wanted, thresh)
             if combine_inputs is not None:
                 out["panoptic_seg"] = self.run_combine(combine_inputs)
             results.append({k: out[k] for k in _OUTPUTS if k in out})
@@ -257,8 +260,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         `mask_score_thresh`: paste masks for instances scoring at least this (default: the
         merge's score threshold); a merge with a lower threshold would miss masks.
         """
-        net = self._run_network(batched_inputs, full_sem=False)
         thresh = self._mask_score_thresh() if mask_score_thresh is None else mask_score_thresh
+        net = self._run_network(batched_inputs, full_sem=False, mask_thresh=thresh)
         return [self._postprocess(net, i, inp, ("panoptic_seg",), thresh)[1]
                 for i, inp in enumerate(batched_inputs)]
 
@@ -271,14 +274,20 @@ class PanopticFPNExt(GeneralizedRCNN):
         with intra_op_threads(self._postprocess_threads()):  # many small ops
             return combine(inputs.instances, inputs.sem_labels)
 
-    def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool) -> _NetworkOutputs:
-        """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups."""
+    def _run_network(self, batched_inputs: list[dict[str, Any]], full_sem: bool,
+                     mask_thresh: float | None = None) -> _NetworkOutputs:
+        """Backbone, semantic head, RPN and ROI heads, under the inference speed-ups.
+        `mask_thresh`: only the merge reads the masks, those of instances scoring at least this
+        (the mask head skips the others where masks are pasted for the merge alone)."""
         check_precision(self.precision, self.device.type)  # every runtime: one rule
         images = self.preprocess_image(batched_inputs)
+        heads = self._roi_align_patches()
+        if mask_thresh is not None and self._paste_for_combine_only():
+            heads += masks_above(self.roi_heads, mask_thresh)
         if self.dense_runner is not None and not self.training:
             dense = self.dense_runner(self, images.tensor)
             if dense is not None:
-                return self._run_heads(dense, images, full_sem)
+                return self._run_heads(dense, images, full_sem, heads)
         sem_small = sem_full = None
         with self._inference_precision():
             x = images.tensor
@@ -295,18 +304,19 @@ class PanopticFPNExt(GeneralizedRCNN):
             proposals, _ = self.proposal_generator(images, features, None)
             if self.channels_last:  # ROIAlign copies to NCHW on every call: copy once
                 features = {k: v.contiguous() for k, v in features.items()}
-            with shadowed(self._roi_align_patches()):
+            with shadowed(heads):
                 detections, _ = self.roi_heads(images, features, proposals, None)
         del features
         if sem_small is not None and full_sem:
             sem_full = self._upsample(sem_small)
         return _NetworkOutputs(list(images.image_sizes), detections, sem_small, sem_full)
 
-    def _run_heads(self, dense: DenseOutputs, images: ImageList,
-                   full_sem: bool) -> _NetworkOutputs:
+    def _run_heads(self, dense: DenseOutputs, images: ImageList, full_sem: bool,
+                   heads: list[Patch]) -> _NetworkOutputs:
         """`_run_network` from a dense runner's outputs: proposals, NMS and ROIAlign stay
-        torch's, the heads return or compute what the runner gives."""
-        with shadowed(dense.head_patches + self._roi_align_patches()):
+        torch's, the heads return or compute what the runner gives (`heads`: the torch-side
+        patches of the ROI heads)."""
+        with shadowed(dense.head_patches + heads):
             proposals, _ = self.proposal_generator(images, dense.features, None)
             detections, _ = self.roi_heads(images, dense.features, proposals, None)
         fast = self._fast_semantic()

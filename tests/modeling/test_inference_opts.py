@@ -1,6 +1,6 @@
 """Inference speed-ups: folded norms, channels_last and reduced precision change only low bits,
 follow weight changes, and leave nothing patched outside inference; ROIAlign over threads gives
-the same bits."""
+the same bits; the mask head on the merge's instances alone gives their masks unchanged."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from panoptic_ext.modeling.inference_opts import (
     FoldedNorms,
     float_outputs,
     foldable,
+    masks_above,
     parallel_roi_align,
     shadowed,
 )
@@ -205,3 +206,30 @@ def test_parallel_roi_align_backward_is_bit_identical(images, channels_last):
     got.backward(grad)
     assert torch.equal(got, want)
     assert torch.equal(got_in.grad, want_in.grad)
+
+
+def test_masks_above_computes_only_the_merges_masks(model):
+    m, _ = model
+    inputs = random_inputs()
+    rh = m.roi_heads
+    seen: list[int] = []
+
+    def layers(x):
+        seen.append(x.shape[0])
+        return type(rh.mask_head).layers(rh.mask_head, x)
+
+    with torch.no_grad(), shadowed([(rh.mask_head, "layers", layers)]):
+        full, _ = m.inference(inputs, do_postprocess=False)
+        scores = torch.cat([d.scores for d in full])
+        thresh = float(scores.median())
+        with shadowed(masks_above(rh, thresh)):
+            some, _ = m.inference(inputs, do_postprocess=False)
+    assert "_forward_mask" not in rh.__dict__  # nothing left patched
+    kept = int((scores >= thresh).sum())
+    assert 0 < kept < len(scores)
+    assert seen == [len(scores), kept]  # the mask head ran on the kept ROIs alone
+    for f, s in zip(full, some, strict=True):
+        keep = f.scores >= thresh
+        assert torch.equal(f.pred_boxes.tensor, s.pred_boxes.tensor)
+        assert torch.equal(f.pred_masks[keep], s.pred_masks[keep])  # bit for bit
+        assert not s.pred_masks[~keep].any()
