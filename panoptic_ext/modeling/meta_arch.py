@@ -34,6 +34,7 @@ from .inference_opts import (
     shadowed,
 )
 from .loss_balancing import build_loss_balancer
+from .mask_targets import with_indexed_masks
 from .postprocess import (
     CombineInputs,
     class_argmax,
@@ -179,7 +180,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         ).tensor
         _, losses = self.sem_seg_head(features, gt_sem_seg)
 
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        # Instances.to makes new objects; their bitmasks become indexed (no copy per proposal)
+        gt_instances = [with_indexed_masks(x["instances"].to(self.device)) for x in batched_inputs]
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
         if self.channels_last:  # both poolers read NCHW: one copy instead of one per call
             features = {k: v.contiguous() for k, v in features.items()}
