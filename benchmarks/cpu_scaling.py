@@ -8,6 +8,9 @@ requests, threads or replicas can beat what batching itself saves in arithmetic.
 
     python benchmarks/cpu_scaling.py --config-file configs/Synthetic/panoptic_fpn_R_50.yaml \\
         --size 512 MODEL.WEIGHTS output/demo/model_final.pth
+
+`--outputs-ab` measures instead, in one process, what the server gains by asking the model for
+the panoptic result alone rather than all its outputs (and checks the answers are the same).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import glob
 import multiprocessing as mp
 import os
 import queue
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -108,6 +112,46 @@ def python_loop_scaling(n: int = 20_000_000) -> float:
     return many / one
 
 
+ALL_OUTPUTS = ("instances", "sem_seg", "panoptic_seg")
+
+
+def outputs_side_by_side(demo: Any, images: list, batches: Sequence[int] = (1, 8),
+                         rounds: int = 4) -> list[dict[str, Any]]:
+    """Images/s of the server's path (`predict_batch`, then `coco`) with the model asked for
+    all its outputs against the panoptic result alone, in this process, alternating which goes
+    first, after a warm-up pass of each that also checks the answers are identical."""
+    def run(outputs: tuple[str, ...], batch: int) -> tuple[float, list]:
+        t0 = time.perf_counter()
+        answers = [demo.coco(p) for k in range(0, len(images), batch)
+                   for p in demo.predict_batch(images[k:k + batch], outputs=outputs)]
+        return len(images) / (time.perf_counter() - t0), answers
+
+    modes = {"all": ALL_OUTPUTS, "panoptic": ("panoptic_seg",)}
+    rows = []
+    for batch in batches:
+        warm = {name: run(outputs, batch)[1] for name, outputs in modes.items()}
+        identical = all(a[1] == b[1] and (a[0] == b[0]).all()
+                        for a, b in zip(warm["all"], warm["panoptic"], strict=True))
+        speeds: dict[str, list[float]] = {name: [] for name in modes}
+        for r in range(rounds):
+            for name in (("all", "panoptic") if r % 2 == 0 else ("panoptic", "all")):
+                speeds[name].append(run(modes[name], batch)[0])
+        rows.append({"batch": batch, "identical": identical, **speeds})
+    return rows
+
+
+def format_outputs(rows: list[dict[str, Any]]) -> str:
+    """Medians (min-max) per batch size; `x`: panoptic alone over all outputs."""
+    lines = ["| images per call | all outputs, images/s | panoptic alone, images/s | x | "
+             "identical answers |", "|---|---|---|---|---|"]
+    for r in rows:
+        a, p = statistics.median(r["all"]), statistics.median(r["panoptic"])
+        lines.append(f"| {r['batch']} | {a:.2f} ({min(r['all']):.2f}-{max(r['all']):.2f}) | "
+                     f"{p:.2f} ({min(r['panoptic']):.2f}-{max(r['panoptic']):.2f}) | "
+                     f"{p / a:.2f} | {'yes' if r['identical'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def format_scaling(rows: list[dict[str, Any]]) -> str:
     base = rows[0]["images_per_s"]
     lines = ["| processes x threads | images per call | images/s | x first row |",
@@ -124,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--size", type=int, default=512, help="images resized to SIZE x SIZE")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--outputs-ab", action="store_true",
+                        help="instead: in this process, the server's path asking the model for "
+                             "all outputs against the panoptic result alone (4 rounds each)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     import cv2
@@ -133,6 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--images {args.images!r} matches no file (run `make demo` first, or "
                      "point it at your own images)")
     images = [cv2.resize(cv2.imread(f), (args.size, args.size)) for f in files]
+    if args.outputs_ab:
+        from panoptic_ext.apps.demo import PanopticDemo
+        from panoptic_ext.engine.defaults import setup_cfg
+
+        demo = PanopticDemo(setup_cfg(args.config_file, list(args.opts), eval_only=True))
+        print(format_outputs(outputs_side_by_side(demo, images, rounds=max(args.rounds, 4))))
+        return 0
     print(format_scaling(run_scaling(args.config_file, args.opts, images, args.rounds)))
     print(f"control: a pure-Python loop gets {python_loop_scaling():.2f}x the work of one "
           f"process done with {os.cpu_count()} processes")

@@ -175,11 +175,13 @@ class PanopticDemo:
     def predict(self, image_bgr: np.ndarray) -> dict[str, Any]:
         return self.predict_batch([image_bgr])[0]
 
-    def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    def predict_batch(self, images_bgr: Sequence[np.ndarray],
+                      outputs: Sequence[str] = ("panoptic_seg",)) -> list[dict[str, Any]]:
         """One model call for several images, each prepared as DefaultPredictor does (resize,
         channel order); the server batches with it, the demo calls it with one image. Both use
-        only "panoptic_seg", so our model is asked for that alone (it then skips the full-size
-        semantic logits and the masks the merge does not read; the panoptic result is the same)."""
+        only "panoptic_seg", so by default our model is asked for that alone (it then skips the
+        full-size semantic logits and the masks the merge does not read; the panoptic result is
+        the same). Detectron2's own model always returns all its outputs."""
         p = self.predictor
         inputs = []
         for image in images_bgr:
@@ -191,7 +193,7 @@ class PanopticDemo:
             inputs.append({"image": tensor.to(p.cfg.MODEL.DEVICE), "height": h, "width": w})
         with torch.no_grad():
             if isinstance(p.model, PanopticFPNExt):
-                return p.model.inference(inputs, outputs=("panoptic_seg",))
+                return p.model.inference(inputs, outputs=tuple(outputs))
             return p.model(inputs)
 
     def coco(self, predictions: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
