@@ -32,6 +32,7 @@ from ..utils.paths import check_output_file, refuse_replacing_inputs
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VideoSourceError",
+    "coco_segments",
     "collect_inputs",
     "panoptic_to_coco",
     "PanopticDemo",
@@ -91,7 +92,14 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
 def panoptic_to_coco(
     panoptic: np.ndarray, segments_info: list[dict[str, Any]], metadata
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """COCO panoptic RGB PNG array and segments_info (dataset category ids, area, bbox).
+    """COCO panoptic RGB PNG array and segments_info (see `coco_segments`)."""
+    return id_to_rgb(panoptic.astype(np.int64)), coco_segments(panoptic, segments_info, metadata)
+
+
+def coco_segments(
+    panoptic: np.ndarray, segments_info: list[dict[str, Any]], metadata
+) -> list[dict[str, Any]]:
+    """COCO panoptic segments_info (dataset category ids, area, bbox) of an id map.
 
     Areas and boxes are measured on the final map, so they agree with the PNG exactly.
     Segments that ended with no pixel are left out (they are not in the PNG).
@@ -126,7 +134,7 @@ def panoptic_to_coco(
         if seg["isthing"] and "score" in seg:
             entry["score"] = float(seg["score"])
         out.append(entry)
-    return id_to_rgb(ids), out
+    return out
 
 
 class VideoSourceError(OSError):
@@ -201,7 +209,7 @@ class PanopticDemo:
         predictions.json hold for one image (the demo's files and the server's answers)."""
         panoptic, segments = predictions["panoptic_seg"]
         ids = panoptic.to(self.cpu).numpy()
-        return ids, panoptic_to_coco(ids, segments, self.metadata)[1]
+        return ids, coco_segments(ids, segments, self.metadata)
 
     def draw(self, image_bgr: np.ndarray, predictions: dict[str, Any]) -> np.ndarray:
         """RGB picture of the panoptic result drawn by Detectron2's Visualizer."""
