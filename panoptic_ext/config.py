@@ -23,7 +23,8 @@ def add_panoptic_config(cfg: CN) -> CN:
     # Convolutions in channels_last, in training and at inference: faster on CPU, low bits differ
     # (off = exact).
     cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = True
-    # Fold frozen/eval batch norms into the preceding convs at inference: faster, low bits differ.
+    # Fold frozen/eval batch norms into the preceding convs at inference, and the backbone's
+    # frozen ones in training: faster, low bits differ (off = exact).
     cfg.MODEL.PANOPTIC_EXT.FUSE_NORM = True
     # CPU threads for the fast path's post-processing (0 = torch's setting); same results.
     cfg.MODEL.PANOPTIC_EXT.POSTPROCESS_THREADS = 1

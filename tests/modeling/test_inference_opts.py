@@ -12,6 +12,7 @@ from panoptic_ext.modeling.inference_opts import (
     FoldedNorms,
     float_outputs,
     foldable,
+    frozen_norm_training_patches,
     masks_above,
     parallel_roi_align,
     shadowed,
@@ -32,6 +33,30 @@ def _conv_bn(norm: nn.Module, bias: bool = False) -> Conv2d:
         norm.running_mean.copy_(torch.randn(8, generator=gen))
         norm.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
     return conv
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_training_fold_of_frozen_norms_keeps_values_and_gradients(bias):
+    conv = _conv_bn(FrozenBatchNorm2d(8), bias=bias)
+    trained = _conv_bn(nn.BatchNorm2d(8), bias=bias).train()  # batch statistics: not folded
+    root = nn.Sequential(conv, nn.Conv2d(8, 3, 1), trained)
+    patches = frozen_norm_training_patches(root)
+    assert [(obj, attr) for obj, attr, _ in patches] == [(conv, "forward")]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    outs = []
+    for fold in (False, True):
+        with shadowed(patches if fold else []):
+            y = conv(x)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        grads = [x.grad.clone(), conv.weight.grad.clone()]
+        grads += [conv.bias.grad.clone()] if bias else []
+        outs.append((y.detach(), grads))
+        x.grad = None
+        conv.zero_grad()
+    assert "forward" not in conv.__dict__
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(outs[1][1], outs[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["frozen", "eval_bn", "eval_bn_bias"])

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -117,12 +118,15 @@ def test_a_few_steps_reduce_the_loss():
     assert totals[-1] < totals[0] * 0.8, totals
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_training_step_equals_detectron2s(fast):
+@pytest.mark.parametrize("fast,norm", [(False, "BN"), (True, "BN"), (False, "FrozenBN"),
+                                       (True, "FrozenBN")])
+def test_training_step_equals_detectron2s(fast, norm):
     """One training step against Detectron2's PanopticFPN on the same weights, batch and
-    sampling: the same losses and gradients, bit for bit with CHANNELS_LAST off; within float
-    tolerance with it on (channels_last convolutions; ROIAlign over threads is exact)."""
-    cfg = _cfg("MODEL.PANOPTIC_EXT.CHANNELS_LAST", str(fast), "MODEL.RESNETS.DEPTH", "18",
+    sampling: the same losses and gradients, bit for bit with CHANNELS_LAST and FUSE_NORM off;
+    within float tolerance with them on (channels_last convolutions, frozen norms folded into
+    the backbone's convolutions; ROIAlign over threads is exact)."""
+    cfg = _cfg("MODEL.PANOPTIC_EXT.CHANNELS_LAST", str(fast), "MODEL.PANOPTIC_EXT.FUSE_NORM",
+               str(fast), "MODEL.RESNETS.NORM", norm, "MODEL.RESNETS.DEPTH", "18",
                "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
                "32")
     d2_cfg = cfg.clone()
@@ -130,6 +134,15 @@ def test_training_step_equals_detectron2s(fast):
     d2_cfg.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
     torch.manual_seed(0)
     d2 = build_model(d2_cfg).train()
+    gen = torch.Generator().manual_seed(1)
+    frozen = [m for m in d2.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(frozen) == (20 if norm == "FrozenBN" else 0)
+    for m in frozen:  # statistics that make the fold do something
+        c = m.weight.shape[0]
+        m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+        m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+        m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
     ours = build_model(cfg).train()
     ours.load_state_dict(d2.state_dict())
     batch = _batch(4)
