@@ -91,17 +91,25 @@ def frozen_norm_training_patches(root: nn.Module) -> list[Patch]:
 
 def _trained_folded_forward(conv: nn.Module, norm: nn.Module) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        fmt = (torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last)
-               and not conv.weight.is_contiguous() else torch.contiguous_format)
-        weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous(memory_format=fmt)
-        bias = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
+        weight, bias = _fold(conv, norm)
         y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return conv.activation(y) if conv.activation is not None else y
 
     return forward
+
+
+def _fold(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution's weight and bias with the norm's fixed affine map folded in, the weight
+    in the convolution's memory format (autograd follows the convolution's parameters)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    fmt = (torch.channels_last
+           if conv.weight.is_contiguous(memory_format=torch.channels_last)
+           and not conv.weight.is_contiguous() else torch.contiguous_format)
+    return weight.contiguous(memory_format=fmt), bias
 
 
 def _folded_forward(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> Callable:
@@ -138,23 +146,13 @@ class FoldedNorms:
             key = (precision, *((t.data_ptr(), t._version) for t in srcs))
             cached = self._cache.get(conv)
             if cached is None or cached[0] != key:
-                cached = (key, *self._fold(conv, norm, PRECISIONS[precision]))
+                dtype = PRECISIONS[precision]
+                with torch.no_grad():
+                    weight, bias = _fold(conv, norm)
+                cached = (key, weight.to(dtype), bias.to(dtype))  # .to keeps the format
                 self._cache[conv] = cached
             out.append((conv, "forward", _folded_forward(conv, cached[1], cached[2])))
         return out
-
-    @staticmethod
-    def _fold(conv: nn.Module, norm: nn.Module, dtype: torch.dtype):
-        with torch.no_grad():
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-            bias = norm.bias - norm.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-        fmt = (torch.channels_last
-               if conv.weight.is_contiguous(memory_format=torch.channels_last)
-               and not conv.weight.is_contiguous() else torch.contiguous_format)
-        return weight.to(dtype).contiguous(memory_format=fmt), bias.to(dtype)
 
 
 @contextlib.contextmanager
