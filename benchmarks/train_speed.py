@@ -266,7 +266,8 @@ def run_train_benchmark(
         "image_size": list(batches[0][0]["image"].shape[-2:]),
         "threads": torch.get_num_threads(),
         "ours_precision": "bf16" if amp == torch.bfloat16 else "fp32",
-        "channels_last": bool(cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST),
+        # what ran: CHANNELS_LAST, except NCHW on CPUs without AVX-512 convolutions
+        "channels_last": bool(getattr(ours, "training_channels_last", lambda: False)()),
         "num_workers": cfg.DATALOADER.NUM_WORKERS,
         "first_losses": first_losses,
     }

@@ -38,10 +38,12 @@ __all__ = [
     "shadowed",
 ]
 
-def convert_channels_last(modules: Iterable[nn.Module]) -> None:
-    """Conv weights of `modules` in channels_last: faster convolutions with oneDNN on CPU."""
+def convert_channels_last(modules: Iterable[nn.Module], channels_last: bool = True) -> None:
+    """Conv weights of `modules` in channels_last (faster convolutions with oneDNN on CPU), or
+    back in the default layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     for m in modules:
-        m.to(memory_format=torch.channels_last)
+        m.to(memory_format=fmt)
 
 
 def _to_float(value: Any) -> Any:

@@ -16,7 +16,8 @@ import os
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "avx512_convolutions", "check_precision", "native_bf16",
+           "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ def onednn_isa_cap() -> str | None:
     DNNL_MAX_CPU_ISA), upper case; None when unset or ALL. The one place it is read."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
     return None if cap in ("", "ALL") else cap
+
+
+def avx512_convolutions() -> bool:
+    """Whether oneDNN runs this CPU's convolutions with AVX-512: the CPU has oneDNN's
+    AVX512_CORE set (avx512f/bw/vl/dq) and ONEDNN_MAX_CPU_ISA does not cap it below."""
+    cap = onednn_isa_cap()
+    if cap is not None and not cap.startswith(("AVX512", "AVX10", "DEFAULT")):
+        return False
+    flags = _cpu_flags()
+    return flags is None or {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
 
 
 def native_bf16(device_type: str) -> bool:

@@ -248,3 +248,31 @@ def test_inference_for_combine_then_run_combine_is_inference(coco_model):
         assert all(c is not None for c in crops)  # CPU: every mask pasted, as a crop
         assert [c is not None for c in default_crops] == (d.instances.scores >= high).tolist()
         assert 0 < sum(c is not None for c in default_crops) < len(default_crops)
+
+
+def test_training_layout_follows_the_cpu(monkeypatch, caplog):
+    """CHANNELS_LAST trains channels_last where oneDNN has AVX-512 and NCHW elsewhere (said
+    once), converting back after an evaluation made the weights channels_last."""
+    import logging
+
+    from panoptic_ext.modeling import meta_arch
+
+    torch.manual_seed(0)
+    model = build_model(_cfg("MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"))
+    stem = model.backbone.bottom_up.stem.conv1.weight
+    batch = _batch(2)
+    monkeypatch.setattr(meta_arch, "_logged_once", set())
+    monkeypatch.setattr(meta_arch, "avx512_convolutions", lambda: False)
+    with caplog.at_level(logging.INFO, logger="panoptic_ext"):
+        for _ in range(2):
+            _losses(model.train(), batch)
+            assert stem.is_contiguous() and not model.training_channels_last()
+            with torch.no_grad():
+                model.eval()(random_inputs())  # inference stays channels_last
+            assert stem.is_contiguous(memory_format=torch.channels_last)
+            assert not stem.is_contiguous()
+    said = [r for r in caplog.records if "training runs NCHW" in r.getMessage()]
+    assert len(said) == 1
+    monkeypatch.setattr(meta_arch, "avx512_convolutions", lambda: True)
+    _losses(model.train(), batch)
+    assert model.training_channels_last() and not stem.is_contiguous()

@@ -1,5 +1,6 @@
 """One precision rule for training and inference: bf16 only where the hardware has it (unless
-emulation is asked for), fp16 only on CUDA, whatever runs the model."""
+emulation is asked for), fp16 only on CUDA, whatever runs the model; AVX-512 convolutions read
+from the CPU flags and oneDNN's cap."""
 
 import logging
 
@@ -9,7 +10,12 @@ from detectron2.modeling import build_model
 
 from panoptic_ext.engine.train_loop import autocast_dtype_for
 from panoptic_ext.modeling import precision
-from panoptic_ext.modeling.precision import check_precision, native_bf16, resolve_precision
+from panoptic_ext.modeling.precision import (
+    avx512_convolutions,
+    check_precision,
+    native_bf16,
+    resolve_precision,
+)
 
 from ..helpers.model import coco_cfg
 
@@ -93,3 +99,15 @@ def test_training_autocast_follows_the_hardware(cpu_kind):
     cfg.SOLVER.AMP.DTYPE = "float16"
     with pytest.raises(ValueError, match="float16' needs CUDA"):
         autocast_dtype_for(cfg)
+
+
+def test_avx512_convolutions_follow_the_flags_and_the_cap(cpu_kind, monkeypatch):
+    cpu_kind(False)  # AVX2 + FMA only
+    assert not avx512_convolutions()
+    avx512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(avx512))
+    assert avx512_convolutions()
+    for cap, want in (("AVX2", False), ("avx2_vnni", False), ("AVX512_CORE", True),
+                      ("AVX512_CORE_AMX", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert avx512_convolutions() is want, cap
