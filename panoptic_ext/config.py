@@ -20,8 +20,9 @@ def add_panoptic_config(cfg: CN) -> CN:
     # Inference post-processing with less work for the same outputs: no full-size semantic logits
     # unless "sem_seg" is returned, masks pasted only where the panoptic merge reads them.
     cfg.MODEL.PANOPTIC_EXT.FAST_INFERENCE = True
-    # Convolutions in channels_last, in training and at inference: faster on CPU, low bits differ
-    # (off = exact).
+    # Convolutions in channels_last, at inference and in training (training: where oneDNN runs
+    # AVX-512, NCHW on AVX2-only CPUs, whose channels_last backward is slower): faster on CPU,
+    # low bits differ (off = exact).
     cfg.MODEL.PANOPTIC_EXT.CHANNELS_LAST = True
     # Fold frozen/eval batch norms into the preceding convs at inference, and the backbone's
     # frozen ones in training: faster, low bits differ (off = exact).
