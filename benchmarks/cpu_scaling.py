@@ -112,9 +112,6 @@ def python_loop_scaling(n: int = 20_000_000) -> float:
     return many / one
 
 
-ALL_OUTPUTS = ("instances", "sem_seg", "panoptic_seg")
-
-
 def outputs_side_by_side(demo: Any, images: list, batches: Sequence[int] = (1, 8),
                          rounds: int = 4) -> list[dict[str, Any]]:
     """Images/s of the server's path (`predict_batch`, then `coco`) with the model asked for
@@ -126,7 +123,9 @@ def outputs_side_by_side(demo: Any, images: list, batches: Sequence[int] = (1, 8
                    for p in demo.predict_batch(images[k:k + batch], outputs=outputs)]
         return len(images) / (time.perf_counter() - t0), answers
 
-    modes = {"all": ALL_OUTPUTS, "panoptic": ("panoptic_seg",)}
+    from panoptic_ext.modeling.meta_arch import OUTPUTS
+
+    modes = {"all": OUTPUTS, "panoptic": ("panoptic_seg",)}
     rows = []
     for batch in batches:
         warm = {name: run(outputs, batch)[1] for name, outputs in modes.items()}

@@ -93,11 +93,16 @@ def frozen_norm_training_patches(root: nn.Module) -> list[Patch]:
 
 def _trained_folded_forward(conv: nn.Module, norm: nn.Module) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
-        weight, bias = _fold(conv, norm)
-        y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return conv.activation(y) if conv.activation is not None else y
+        return _conv_activation(conv, x, *_fold(conv, norm))
 
     return forward
+
+
+def _conv_activation(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """`conv`'s convolution with `weight` and `bias` in place of its own, then its activation."""
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv.activation(y) if conv.activation is not None else y
 
 
 def _fold(conv: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +124,7 @@ def _folded_forward(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -
         w, b = weight, bias
         if w.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
             w, b = w.to(x.dtype), b.to(x.dtype)  # a reduced-precision copy run outside autocast
-        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return conv.activation(y) if conv.activation is not None else y
+        return _conv_activation(conv, x, w, b)
 
     return forward
 

@@ -44,14 +44,13 @@ from .postprocess import (
     semantic_argmax,
     semantic_resize,
 )
-from .precision import autocast, avx512_convolutions, check_precision, resolve_precision
+from .precision import autocast, channels_last_training, check_precision, resolve_precision
 
-__all__ = ["DenseOutputs", "PanopticFPNExt"]
+__all__ = ["OUTPUTS", "DenseOutputs", "PanopticFPNExt"]
 
 logger = logging.getLogger(__name__)
 
-_OUTPUTS = ("instances", "sem_seg", "panoptic_seg")
-_logged_once: set[str] = set()
+OUTPUTS = ("instances", "sem_seg", "panoptic_seg")  # what inference can return
 
 
 class _NetworkOutputs(NamedTuple):
@@ -93,7 +92,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         postprocess_threads: int = 1,
         precision: str = "fp32",
         dense_runner: Callable[[nn.Module, torch.Tensor], DenseOutputs | None] | None = None,
-        outputs: Sequence[str] = _OUTPUTS,
+        outputs: Sequence[str] = OUTPUTS,
         **kwargs,
     ):
         """Defaults are the config's (panoptic_ext/config.py).
@@ -129,7 +128,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.loss_balancer = loss_balancer
         self.fast_inference = bool(fast_inference)
         self.channels_last = bool(channels_last)
-        self._channels_last_done = False
+        self._weights_channels_last = False
         self.fuse_norm = bool(fuse_norm)
         self._folded_norms = FoldedNorms()
         self.postprocess_threads = int(postprocess_threads)
@@ -171,11 +170,9 @@ class PanopticFPNExt(GeneralizedRCNN):
         images = self.preprocess_image(batched_inputs)
         x = images.tensor
         training_channels_last = self.training_channels_last()
+        self._set_conv_layout(training_channels_last)  # an evaluation may have changed it
         if training_channels_last:  # faster oneDNN convolutions (~10% fp32 forward, ~11% bf16)
-            self._to_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
-        elif self._channels_last_done:  # converted by an evaluation in between
-            self._to_channels_last(False)
         with shadowed(frozen_norm_training_patches(self.backbone) if self.fuse_norm else []):
             features = self.backbone(x)  # frozen norms folded: ~11% of R-50's step at 800 px
 
@@ -256,7 +253,7 @@ class PanopticFPNExt(GeneralizedRCNN):
             out, combine_inputs = self._postprocess(net, i, inp, wanted, thresh)
             if combine_inputs is not None:
                 out["panoptic_seg"] = self.run_combine(combine_inputs)
-            results.append({k: out[k] for k in _OUTPUTS if k in out})
+            results.append({k: out[k] for k in OUTPUTS if k in out})
         return results
 
     def inference_for_combine(
@@ -301,7 +298,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         with self._inference_precision():
             x = images.tensor
             if self.channels_last:
-                self._to_channels_last()
+                self._set_conv_layout(True)
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.backbone(x)
             if self._fast_semantic():
@@ -378,9 +375,9 @@ class PanopticFPNExt(GeneralizedRCNN):
     def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
         if isinstance(outputs, str):
             outputs = (outputs,)
-        unknown = [o for o in outputs if o not in _OUTPUTS]
+        unknown = [o for o in outputs if o not in OUTPUTS]
         if unknown or not outputs:
-            raise ValueError(f"outputs must be a non-empty subset of {_OUTPUTS}, got {outputs!r}")
+            raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS}, got {outputs!r}")
         return tuple(outputs)
 
     def _fast_semantic(self) -> bool:
@@ -431,32 +428,21 @@ class PanopticFPNExt(GeneralizedRCNN):
         FUSE_NORM (none otherwise): what inference and the exported graphs run."""
         return self._folded_norms.patches(self, precision) if self.fuse_norm else []
 
-    def _to_channels_last(self, channels_last: bool = True) -> None:
-        """Convert conv weights to channels_last (faster convolutions with oneDNN) once, or
-        back to the default layout."""
-        if self._channels_last_done == channels_last:
+    def _set_conv_layout(self, channels_last: bool) -> None:
+        """Conv weights in channels_last (faster convolutions with oneDNN) or the default
+        layout; converted only when that changes."""
+        if self._weights_channels_last == channels_last:
             return
         parts = [self.backbone, self.sem_seg_head, self.proposal_generator]
         if getattr(self.roi_heads, "mask_head", None) is not None:
             parts.append(self.roi_heads.mask_head)
         convert_channels_last(parts, channels_last)
-        self._channels_last_done = channels_last
+        self._weights_channels_last = channels_last
 
     def training_channels_last(self) -> bool:
-        """CHANNELS_LAST in training: on CPUs whose oneDNN lacks AVX-512 the channels_last
-        convolution backward is slower than NCHW (R-50 + FPN at 800x1344: 12.5 against 11.4 s,
-        AVX2; with AVX-512 6.8 against 9.2 s), so those train NCHW, said once; their inference
-        stays channels_last (2.1 against 1.8 s forward there)."""
-        if not self.channels_last:
-            return False
-        if self.device.type != "cpu" or avx512_convolutions():
-            return True
-        if "channels_last" not in _logged_once:
-            _logged_once.add("channels_last")
-            logger.info("MODEL.PANOPTIC_EXT.CHANNELS_LAST: training runs NCHW convolutions on "
-                        "this CPU (oneDNN without AVX-512: their channels_last backward is "
-                        "slower here); inference stays channels_last")
-        return False
+        """CHANNELS_LAST as training runs it: NCHW where channels_last slows the backward
+        (`channels_last_training`: CPUs without AVX-512 convolutions)."""
+        return self.channels_last and channels_last_training(self.device.type)
 
     @contextlib.contextmanager
     def _inference_precision(self) -> Iterator[None]:

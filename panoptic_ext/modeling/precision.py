@@ -16,8 +16,8 @@ import os
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "avx512_convolutions", "check_precision", "native_bf16",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "avx512_convolutions", "channels_last_training",
+           "check_precision", "native_bf16", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,24 @@ def avx512_convolutions() -> bool:
     return flags is None or {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
 
 
+def channels_last_training(device_type: str) -> bool:
+    """Whether channels_last convolutions pay in training on `device_type`: not on CPUs whose
+    oneDNN lacks AVX-512, where their backward is slower than NCHW (docs/speed.md, "Training,
+    CPU"); said once there. Inference gains from channels_last on both kinds."""
+    if device_type != "cpu" or avx512_convolutions():
+        return True
+    _log_once("MODEL.PANOPTIC_EXT.CHANNELS_LAST", "MODEL.PANOPTIC_EXT.CHANNELS_LAST: training "
+              "runs NCHW convolutions on this CPU (oneDNN without AVX-512: their channels_last "
+              "backward is slower here); inference stays channels_last")
+    return False
+
+
+def _log_once(key: str, message: str) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        logger.info(message)
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether `device_type` computes bf16 in hardware (CPU: avx512_bf16 or AMX, and oneDNN not
     capped below them by ONEDNN_MAX_CPU_ISA)."""
@@ -99,9 +117,7 @@ def resolve_precision(precision: str, device_type: str, allow_emulated: bool = F
     check_precision(precision, device_type, key)
     if precision != "bf16" or allow_emulated or native_bf16(device_type):
         return precision
-    if key not in _logged:
-        _logged.add(key)
-        logger.info(f"{key} asks for bf16, but this {device_type.upper()} has no native bf16 "
-                    "(avx512_bf16 / AMX): emulated it runs about 10x slower than fp32, so fp32 "
-                    "runs instead. MODEL.PANOPTIC_EXT.EMULATED_BF16 True forces bf16.")
+    _log_once(key, f"{key} asks for bf16, but this {device_type.upper()} has no native bf16 "
+              "(avx512_bf16 / AMX): emulated it runs about 10x slower than fp32, so fp32 runs "
+              "instead. MODEL.PANOPTIC_EXT.EMULATED_BF16 True forces bf16.")
     return "fp32"

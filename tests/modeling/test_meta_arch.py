@@ -255,14 +255,14 @@ def test_training_layout_follows_the_cpu(monkeypatch, caplog):
     once), converting back after an evaluation made the weights channels_last."""
     import logging
 
-    from panoptic_ext.modeling import meta_arch
+    from panoptic_ext.modeling import precision
 
     torch.manual_seed(0)
     model = build_model(_cfg("MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"))
     stem = model.backbone.bottom_up.stem.conv1.weight
     batch = _batch(2)
-    monkeypatch.setattr(meta_arch, "_logged_once", set())
-    monkeypatch.setattr(meta_arch, "avx512_convolutions", lambda: False)
+    monkeypatch.setattr(precision, "_logged", set())
+    monkeypatch.setattr(precision, "avx512_convolutions", lambda: False)
     with caplog.at_level(logging.INFO, logger="panoptic_ext"):
         for _ in range(2):
             _losses(model.train(), batch)
@@ -273,6 +273,6 @@ def test_training_layout_follows_the_cpu(monkeypatch, caplog):
             assert not stem.is_contiguous()
     said = [r for r in caplog.records if "training runs NCHW" in r.getMessage()]
     assert len(said) == 1
-    monkeypatch.setattr(meta_arch, "avx512_convolutions", lambda: True)
+    monkeypatch.setattr(precision, "avx512_convolutions", lambda: True)
     _losses(model.train(), batch)
     assert model.training_channels_last() and not stem.is_contiguous()
